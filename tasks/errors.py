@@ -1,0 +1,189 @@
+"""The one exception tree of podchord.
+
+Every error podchord raises on purpose derives from :class:`PodchordError`; lower-level
+errors (httpx, botocore, OSError) are translated once, at the boundary that meets them, with
+``raise ... from``. Each error carries what a caller needs to act on it.
+
+    PodchordError
+    ├── InvalidInput                 bad argument, name, option or settings value
+    │   └── ManifestInvalid          a manifest fails validation (schema, keys, sizes)
+    ├── PodmanError                  anything the libpod boundary reports
+    │   ├── PodmanUnreachable        socket missing / connection refused / timed out
+    │   ├── NotLibpod                the socket answers, but is not Podman's libpod API
+    │   ├── PodmanTooOld             libpod API older than podchord supports
+    │   ├── PodmanNotFound           404: container, image or network does not exist
+    │   ├── PodmanConflict           409 or a name already in use
+    │   ├── CheckpointFailed         Podman/CRIU refused or failed a checkpoint
+    │   ├── RestoreFailed            Podman/CRIU refused or failed a restore
+    │   └── CheckpointUnsupported    the node's capability probe failed
+    ├── StoreError                   anything the archive store reports
+    │   ├── StoreUnavailable         the store cannot be reached or refused the request
+    │   ├── ObjectNotFound           a key that should exist does not
+    │   ├── IntegrityError           size or sha256 differs from what was recorded
+    │   └── ManifestExists           a manifest for this checkpoint id is already committed
+    ├── ProjectError                 a project cannot be checkpointed as asked
+    ├── LockHeld                     another operation on the same project is running
+    └── DeadlineExceeded             the eviction window ran out
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointFailed",
+    "CheckpointUnsupported",
+    "DeadlineExceeded",
+    "IntegrityError",
+    "InvalidInput",
+    "LockHeld",
+    "ManifestExists",
+    "ManifestInvalid",
+    "NotLibpod",
+    "ObjectNotFound",
+    "PodchordError",
+    "PodmanConflict",
+    "PodmanError",
+    "PodmanNotFound",
+    "PodmanTooOld",
+    "PodmanUnreachable",
+    "ProjectError",
+    "RestoreFailed",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+
+class PodchordError(Exception):
+    """Raised for every failure podchord reports on purpose (root of the tree)."""
+
+
+class InvalidInput(PodchordError, ValueError):
+    """Raised when an argument, name, option or setting is not acceptable."""
+
+
+class ManifestInvalid(InvalidInput):
+    """Raised when a manifest fails validation; nothing has been touched."""
+
+
+class PodmanError(PodchordError):
+    """Raised for failures at the libpod REST boundary.
+
+    Attributes:
+        status: HTTP status Podman answered with, when there was an answer.
+        cause: Podman's own ``cause`` field, when present.
+        podman_message: Podman's own ``message`` field, when present.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        cause: str | None = None,
+        podman_message: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.cause = cause
+        self.podman_message = podman_message
+
+
+class PodmanUnreachable(PodmanError):
+    """Raised when the libpod socket cannot be reached (missing, refused, timed out)."""
+
+
+class NotLibpod(PodmanError):
+    """Raised when the socket answers but is not Podman's libpod API (e.g. Docker Engine)."""
+
+
+class PodmanTooOld(PodmanError):
+    """Raised when the libpod API version is older than podchord supports."""
+
+
+class PodmanNotFound(PodmanError):
+    """Raised when Podman answers 404 for a container, image or network."""
+
+
+class PodmanConflict(PodmanError):
+    """Raised when Podman answers 409, or a name is already taken."""
+
+
+class CheckpointFailed(PodmanError):
+    """Raised when Podman or CRIU fails to checkpoint a container.
+
+    Attributes:
+        container: the container that was being checkpointed.
+    """
+
+    def __init__(self, message: str, *, container: str, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.container = container
+
+
+class RestoreFailed(PodmanError):
+    """Raised when Podman or CRIU fails to restore an archive.
+
+    Attributes:
+        archive: the archive (path or key) that was being restored.
+        service: the service being restored, when known.
+    """
+
+    def __init__(
+        self, message: str, *, archive: str, service: str | None = None, **kw: object
+    ) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.archive = archive
+        self.service = service
+
+
+class CheckpointUnsupported(PodmanError):
+    """Raised when a node's checkpoint capability probe fails; the reason says why."""
+
+
+class StoreError(PodchordError):
+    """Raised for failures of the archive store.
+
+    Attributes:
+        key: the object key involved, when there is one.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class StoreUnavailable(StoreError):
+    """Raised when the store cannot be reached or refuses a request."""
+
+
+class ObjectNotFound(StoreError):
+    """Raised when an object that should exist is missing."""
+
+
+class IntegrityError(StoreError):
+    """Raised when an object's size or sha256 differs from what was recorded.
+
+    Attributes:
+        expected: the recorded digest (or size, as text).
+        actual: the digest (or size) that was read.
+    """
+
+    def __init__(self, message: str, *, key: str, expected: str, actual: str) -> None:
+        super().__init__(message, key=key)
+        self.expected = expected
+        self.actual = actual
+
+
+class ManifestExists(StoreError):
+    """Raised when a manifest for the same checkpoint id was already committed."""
+
+
+class ProjectError(PodchordError):
+    """Raised when a project cannot be checkpointed as asked (none, duplicates, not running)."""
+
+
+class LockHeld(PodchordError):
+    """Raised when another operation holds the per-project lock."""
+
+
+class DeadlineExceeded(PodchordError):
+    """Raised when the deadline (eviction window) passed before the work finished."""
