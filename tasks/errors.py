@@ -20,8 +20,11 @@ errors (httpx, botocore, OSError) are translated once, at the boundary that meet
     │   ├── StoreUnavailable         the store cannot be reached or refused the request
     │   ├── ObjectNotFound           a key that should exist does not
     │   ├── IntegrityError           size or sha256 differs from what was recorded
-    │   └── ManifestExists           a manifest for this checkpoint id is already committed
+    │   ├── ManifestExists           a manifest for this checkpoint id is already committed
+    │   └── ObjectTooLarge           a small object (manifest) is larger than allowed
     ├── ProjectError                 a project cannot be checkpointed as asked
+    ├── CheckpointAborted            a project checkpoint failed and was rolled back
+    ├── MigrationFailed              a migration's restore failed; the source gets it back
     ├── LockHeld                     another operation on the same project is running
     └── DeadlineExceeded             the eviction window ran out
 """
@@ -29,6 +32,7 @@ errors (httpx, botocore, OSError) are translated once, at the boundary that meet
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointAborted",
     "CheckpointFailed",
     "CheckpointUnsupported",
     "DeadlineExceeded",
@@ -37,8 +41,10 @@ __all__ = [
     "LockHeld",
     "ManifestExists",
     "ManifestInvalid",
+    "MigrationFailed",
     "NotLibpod",
     "ObjectNotFound",
+    "ObjectTooLarge",
     "PodchordError",
     "PodmanConflict",
     "PodmanError",
@@ -177,6 +183,20 @@ class ManifestExists(StoreError):
     """Raised when a manifest for the same checkpoint id was already committed."""
 
 
+class ObjectTooLarge(StoreError):
+    """Raised when an object read whole (a manifest) is larger than allowed; nothing was read.
+
+    Attributes:
+        size_bytes: the object's size.
+        max_bytes: the limit it exceeded.
+    """
+
+    def __init__(self, message: str, *, key: str, size_bytes: int, max_bytes: int) -> None:
+        super().__init__(message, key=key)
+        self.size_bytes = size_bytes
+        self.max_bytes = max_bytes
+
+
 class ProjectError(PodchordError):
     """Raised when a project cannot be checkpointed as asked (none, duplicates, not running)."""
 
@@ -187,3 +207,27 @@ class LockHeld(PodchordError):
 
 class DeadlineExceeded(PodchordError):
     """Raised when the deadline (eviction window) passed before the work finished."""
+
+
+class CheckpointAborted(PodchordError):
+    """Raised when a project checkpoint failed and was rolled back; the message says how.
+
+    Attributes:
+        summary: what failed, what was deleted and which services were brought back.
+    """
+
+    def __init__(self, message: str, summary: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary or {}
+
+
+class MigrationFailed(PodchordError):
+    """Raised when a migration's restore failed; the workload is being restored on the source.
+
+    Attributes:
+        fallback_task_id: the restore task that brings the project back on the source node.
+    """
+
+    def __init__(self, message: str, fallback_task_id: str | None = None) -> None:
+        super().__init__(message)
+        self.fallback_task_id = fallback_task_id

@@ -26,6 +26,7 @@ class Testbed:
     env: dict[str, str]
     nodes: dict[str, str]  # node name -> libpod socket path
     image: str
+    image_tar: str  # the busybox rootfs tar, to import fresh, uniquely named images
     broker_url: str
     result_backend: str
     s3_endpoint: str
@@ -80,6 +81,7 @@ def testbed() -> Iterator[Testbed]:
             env=env,
             nodes=nodes,
             image=env["PODCHORD_TESTBED_IMAGE"],
+            image_tar=env["PODCHORD_TESTBED_IMAGE_TAR"],
             broker_url=env["PODCHORD_BROKER_URL"],
             result_backend=env["PODCHORD_RESULT_BACKEND"],
             s3_endpoint=env["AWS_ENDPOINT_URL"],

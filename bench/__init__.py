@@ -1,0 +1,1 @@
+"""Benchmarks run by hand against the test bed (``python -m bench.<name>``)."""

@@ -1,0 +1,534 @@
+"""Checkpointing a project: plain functions the Celery tasks call (see ``tasks.jobs``).
+
+The order of events is what keeps the promise "a manifest exists only for a complete,
+verified checkpoint":
+
+1. :func:`plan_checkpoint` refuses before touching anything (no containers, a repeated
+   service, a container not running) and records networks, images and the source node.
+2. :func:`checkpoint_service` (one per service, in parallel) streams libpod's export into the
+   store; in eviction mode it also tees the archive into a 0600 spool file, so an upload can
+   be retried and the service brought back without a second dump.
+3. :func:`ship_image` stores each image the store does not have yet, content-addressed.
+4. :func:`commit_manifest` verifies every object and writes the manifest with a conditional put.
+5. On any failure :func:`abort_checkpoint` deletes this checkpoint's objects and open uploads
+   and, in eviction mode, restores the stopped services on the source from their spool files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import (
+    DeadlineExceeded,
+    IntegrityError,
+    ObjectNotFound,
+    PodchordError,
+    PodmanNotFound,
+    ProjectError,
+    StoreUnavailable,
+)
+from .keys import check_checkpoint_id, new_checkpoint_id
+from .libpod import Libpod
+from .libpod_types import CheckpointOptions, NetworkDef, RestoreOptions
+from .manifest import ArchiveRecord, ImageRecord, Manifest, ServiceRecord, SourceInfo
+from .names import check_name, check_node, check_project
+from .options import CheckpointJobOptions
+from .spool import private_dir
+from .store import PutResult, Store
+
+__all__ = [
+    "abort_checkpoint",
+    "checkpoint_service",
+    "commit_manifest",
+    "plan_checkpoint",
+    "ship_image",
+    "spool_path",
+]
+
+log = logging.getLogger(__name__)
+
+COMPOSE_SERVICE = "com.docker.compose.service"
+_UPLOAD_RETRIES = 3
+# Every node has Podman's default network; it is never recreated or removed.
+DEFAULT_NETWORK = "podman"
+
+Progress = Callable[[int], None]
+
+
+def plan_checkpoint(
+    lp: Libpod,
+    store: Store,
+    project: str,
+    node: str,
+    opts: CheckpointJobOptions,
+    *,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Inspect a project and return the checkpoint plan (JSON), touching nothing.
+
+    Raises:
+        ProjectError: no containers, a repeated service name, or a container not running.
+    """
+    check_project(project)
+    check_node(node)
+    now = time.time() if now is None else now
+    containers = lp.list_project(project)
+    if not containers:
+        raise ProjectError(
+            f"project {project!r} has no containers on node {node!r} "
+            "(label com.docker.compose.project)"
+        )
+    seen: dict[str, str] = {}
+    for c in containers:
+        service = c.service or c.name
+        if service in seen:
+            raise ProjectError(
+                f"project {project!r}: service {service!r} repeats "
+                f"(containers {seen[service]} and {c.name}); scale each service to one"
+            )
+        seen[service] = c.name
+    idle = [f"{c.name} ({c.state})" for c in containers if c.state != "running"]
+    if idle:
+        raise ProjectError(f"project {project!r}: not running, nothing checkpointed: {idle}")
+    info = lp.info()
+    networks = sorted({n for c in containers for n in c.networks} - {DEFAULT_NETWORK})
+    images = {c.image_id.removeprefix("sha256:"): c.image for c in containers}
+    stored = {i: _stored_image(store, i) for i in images}
+    checkpoint_id = new_checkpoint_id()
+    services = [
+        {
+            "project": project,
+            "checkpoint_id": checkpoint_id,
+            "service": c.service or c.name,
+            "container": c.name,
+            "container_id": c.id,
+            "image": c.image,
+            "image_id": c.image_id,
+            "labels": dict(c.labels),
+            "networks": list(c.networks),
+        }
+        for c in sorted(containers, key=lambda c: c.service or c.name)
+    ]
+    source = SourceInfo(
+        node=node,
+        podman_version=info.podman_version,
+        runc_version=info.runc_version,
+        conmon_version=info.conmon_version,
+        criu_version=info.criu_version,
+        kernel=info.kernel,
+        arch=info.arch,
+        cgroup_version=info.cgroup_version,
+        cpu_model=info.cpu_model,
+        cpu_flags=info.cpu_flags,
+    )
+    return {
+        "checkpoint_id": checkpoint_id,
+        "project": project,
+        "node": node,
+        "mode": opts.mode,
+        "created_at": now,
+        "deadline_at": None if opts.deadline_s is None else now + opts.deadline_s,
+        "options": {
+            "leave_running": opts.leave_running,
+            "tcp_established": opts.tcp_established,
+            "file_locks": opts.file_locks,
+            "compress": opts.compress,
+        },
+        "source": _source_json(source),
+        "networks": [lp.inspect_network(n).to_json() for n in networks],
+        # Images the store already holds are recorded now; the others are shipped.
+        "images": [{"id": i, "ref": ref} for i, ref in sorted(images.items()) if not stored[i]],
+        "image_records": [r for _, r in sorted(stored.items()) if r],
+        "services": services,
+    }
+
+
+def spool_path(spool_dir: Path, checkpoint_id: str, service: str) -> Path:
+    """Where the eviction tee of one service's archive lives on the source node."""
+    return Path(spool_dir) / check_checkpoint_id(checkpoint_id) / f"{check_name(service)}.tar"
+
+
+def checkpoint_service(
+    lp: Libpod,
+    store: Store,
+    plan: Mapping[str, Any],
+    service: Mapping[str, Any],
+    *,
+    spool_dir: Path,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Checkpoint one service and stream its archive into the store.
+
+    Idempotent for redelivery: when this service's result record is already in the store
+    (a previous delivery finished the upload), that record is returned unchanged.
+
+    Returns:
+        The service's manifest record (JSON).
+
+    Raises:
+        CheckpointFailed: Podman/CRIU refused (the container keeps running).
+        StoreUnavailable: the upload failed and could not be retried.
+        DeadlineExceeded: the deadline passed.
+    """
+    _check_deadline(plan)
+    opts = plan["options"]
+    name = check_name(service["service"], "service name")
+    layout = store.layout
+    key = layout.service_archive(
+        plan["project"], plan["checkpoint_id"], name, compressed=opts["compress"]
+    )
+    record_key = f"{key}.json"
+    previous = _read_record(store, record_key)
+    if previous is not None:
+        return previous
+    eviction = not opts["leave_running"]
+    spool = spool_path(spool_dir, plan["checkpoint_id"], name) if eviction else None
+    started = time.time()
+    if spool is not None and spool.exists():
+        # A previous delivery dumped the container but did not finish the upload.
+        result = _upload_file(store, key, spool, opts["compress"], plan, progress)
+    else:
+        copts = CheckpointOptions(
+            leave_running=opts["leave_running"],
+            tcp_established=opts["tcp_established"],
+            file_locks=opts["file_locks"],
+        )
+        with lp.checkpoint_export(service["container"], copts) as chunks:
+            if spool is None:
+                result = store.put_stream(key, chunks, compress=opts["compress"], progress=progress)
+            else:
+                result = _put_teed(store, key, chunks, spool, opts["compress"], plan, progress)
+    ended = time.time()
+    record = ServiceRecord(
+        name=name,
+        container=service["container"],
+        container_id=service["container_id"],
+        image=service["image"],
+        image_id=service["image_id"].removeprefix("sha256:"),
+        labels=service["labels"],
+        networks=tuple(service["networks"]),
+        archive=_archive(result),
+        checkpoint_started_at=started,
+        checkpoint_ended_at=ended,
+    )
+    doc = _service_json(record)
+    store.put_stream(record_key, [json.dumps(doc).encode()])
+    return doc
+
+
+def _stored_image(store: Store, image_id: str) -> dict[str, Any] | None:
+    """The record of an image the store already holds intact, else None."""
+    key = store.layout.image(image_id)
+    record = _read_record(store, f"{key}.json")
+    if record is None:
+        return None
+    try:
+        intact = store.head(key).size_bytes == record["archive"]["size_bytes"]
+    except ObjectNotFound:
+        return None
+    return record if intact else None
+
+
+def ship_image(lp: Libpod, store: Store, image_id: str, ref: str) -> dict[str, Any]:
+    """Store an image (by id) unless the store has it; return its manifest record (JSON)."""
+    image_id = image_id.removeprefix("sha256:")
+    key = store.layout.image(image_id)
+    record_key = f"{key}.json"
+    previous = _stored_image(store, image_id)
+    if previous is not None:
+        return previous
+    info = lp.inspect_image(image_id)
+    # Export by name so the tags travel with it; the id stays the same either way.
+    export_ref = next(iter(info.names), ref) or image_id
+    with lp.export_image(export_ref) as chunks:
+        result = store.put_stream(key, chunks)
+    doc = {"id": image_id, "names": list(info.names), "archive": _archive_json(_archive(result))}
+    store.put_stream(record_key, [json.dumps(doc).encode()])
+    return doc
+
+
+def commit_manifest(
+    store: Store,
+    plan: Mapping[str, Any],
+    services: Iterable[Mapping[str, Any]],
+    images: Iterable[Mapping[str, Any]],
+    *,
+    spool_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Verify every archive object and write the manifest (conditional put).
+
+    Raises:
+        IntegrityError / ObjectNotFound: an archive is missing or has the wrong size.
+        ManifestExists: this checkpoint was already committed.
+        DeadlineExceeded: past the deadline; nothing is written.
+    """
+    _check_deadline(plan)
+    svc = sorted((dict(s) for s in services), key=lambda s: s["name"])
+    img = sorted(
+        (dict(i) for i in [*plan.get("image_records", []), *images]), key=lambda i: i["id"]
+    )
+    for record in [*svc, *img]:
+        arch = record["archive"]
+        info = store.head(arch["key"])
+        if info.size_bytes != arch["size_bytes"]:
+            raise IntegrityError(
+                f"{arch['key']}: stored size {info.size_bytes} != recorded {arch['size_bytes']}",
+                key=arch["key"],
+                expected=str(arch["size_bytes"]),
+                actual=str(info.size_bytes),
+            )
+    manifest = Manifest(
+        checkpoint_id=plan["checkpoint_id"],
+        project=plan["project"],
+        mode=plan["mode"],
+        created_at=plan["created_at"],
+        committed_at=time.time(),
+        source=SourceInfo(**{**plan["source"], "cpu_flags": tuple(plan["source"]["cpu_flags"])}),
+        networks=tuple(NetworkDef.from_json(n) for n in plan["networks"]),
+        images=tuple(_image_record(i) for i in img),
+        services=tuple(_service_record(s) for s in svc),
+    )
+    key = store.layout.manifest(plan["project"], plan["checkpoint_id"])
+    store.put_manifest(key, manifest.dumps())
+    if spool_dir is not None:
+        _drop_spool(spool_dir, plan["checkpoint_id"])
+    starts = [s["checkpoint_started_at"] for s in svc]
+    return {
+        "checkpoint_id": plan["checkpoint_id"],
+        "project": plan["project"],
+        "node": plan["node"],
+        "mode": plan["mode"],
+        "manifest_key": key,
+        "services": [s["name"] for s in svc],
+        "bytes": sum(s["archive"]["size_bytes"] for s in svc),
+        "cut_skew_s": (max(starts) - min(starts)) if starts else 0.0,
+        "duration_s": manifest.committed_at - plan["created_at"],
+    }
+
+
+def abort_checkpoint(
+    lp: Libpod | None,
+    store: Store,
+    plan: Mapping[str, Any],
+    error: str,
+    *,
+    spool_dir: Path | None,
+) -> dict[str, Any]:
+    """Undo a failed checkpoint: no manifest, no objects, services back where they were.
+
+    Never touches a committed checkpoint. In eviction mode, every service whose container was
+    dumped (now exited) and whose spool file is complete is restored in place on the source.
+
+    Returns:
+        What failed, what was deleted and which services were brought back (or not, and why).
+    """
+    project, checkpoint_id = plan["project"], plan["checkpoint_id"]
+    layout = store.layout
+    summary: dict[str, Any] = {
+        "checkpoint_id": checkpoint_id,
+        "project": project,
+        "node": plan["node"],
+        "error": error,
+        "committed": False,
+        "deleted_objects": 0,
+        "aborted_uploads": 0,
+        "rolled_back": [],
+        "not_rolled_back": {},
+    }
+    if store.exists(layout.manifest(project, checkpoint_id)):
+        summary["committed"] = True  # a late failure after the commit: keep everything
+        return summary
+    prefix = layout.checkpoint_prefix(project, checkpoint_id)
+    summary["aborted_uploads"] = store.abort_uploads(prefix)
+    summary["deleted_objects"] = store.delete_prefix(prefix)
+    if plan["mode"] == "eviction" and lp is not None and spool_dir is not None:
+        for service in plan["services"]:
+            outcome = _roll_back(lp, plan, service, spool_dir)
+            if outcome is None:
+                summary["rolled_back"].append(service["service"])
+            elif outcome:
+                summary["not_rolled_back"][service["service"]] = outcome
+        _drop_spool(spool_dir, checkpoint_id)
+    return summary
+
+
+def _roll_back(
+    lp: Libpod, plan: Mapping[str, Any], service: Mapping[str, Any], spool_dir: Path
+) -> str | None:
+    """Bring one service back on the source; None when restored, "" when nothing to do."""
+    name = service["container"]
+    try:
+        state = lp.container_state(name)
+    except PodmanNotFound:
+        state = "missing"
+    if state in ("running", "paused"):
+        return ""  # never dumped: it kept running
+    spool = spool_path(spool_dir, plan["checkpoint_id"], service["service"])
+    if not spool.exists():
+        return f"container is {state} and no complete spool file exists"
+    try:
+        if state != "missing":
+            lp.remove(name, force=True, volumes=False)  # the dumped husk; volumes stay
+        lp.restore(
+            spool,
+            RestoreOptions(
+                tcp_established=plan["options"]["tcp_established"], ignore_volumes=True
+            ),
+        )
+        lp.wait_state(name, ("running",), timeout_s=60)
+    except PodchordError as exc:
+        return f"restore from spool failed: {exc}"
+    return None
+
+
+def _put_teed(
+    store: Store,
+    key: str,
+    chunks: Iterator[bytes],
+    spool: Path,
+    compress: bool,
+    plan: Mapping[str, Any],
+    progress: Progress | None,
+) -> PutResult:
+    """Upload while writing the spool; on an upload failure finish the spool and retry."""
+    private_dir(spool.parent)
+    part = spool.with_name(spool.name + ".part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+
+        def tee() -> Iterator[bytes]:
+            for chunk in chunks:
+                out.write(chunk)
+                yield chunk
+
+        teed = tee()
+        try:
+            result = store.put_stream(key, teed, compress=compress, progress=progress)
+        except StoreUnavailable as exc:
+            log.warning("upload of %s failed (%s); finishing the spool file to retry", key, exc)
+            for _ in teed:  # drain Podman's stream into the spool
+                pass
+            result = None
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(part, spool)
+    if result is None:
+        result = _upload_file(store, key, spool, compress, plan, progress)
+    return result
+
+
+def _upload_file(
+    store: Store,
+    key: str,
+    path: Path,
+    compress: bool,
+    plan: Mapping[str, Any],
+    progress: Progress | None,
+) -> PutResult:
+    delay_s = 1.0
+    for attempt in range(1, _UPLOAD_RETRIES + 1):
+        _check_deadline(plan)
+        try:
+            with path.open("rb") as f:
+                return store.put_stream(
+                    key, iter(lambda: f.read(1 << 20), b""), compress=compress, progress=progress
+                )
+        except StoreUnavailable:
+            if attempt == _UPLOAD_RETRIES:
+                raise
+            time.sleep(delay_s)
+            delay_s *= 2
+    raise AssertionError("unreachable")
+
+
+def _read_record(store: Store, key: str) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(store.get_bytes(key, 1 << 20))
+    except ObjectNotFound:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _check_deadline(plan: Mapping[str, Any]) -> None:
+    deadline = plan.get("deadline_at")
+    if deadline is not None and time.time() > deadline:
+        raise DeadlineExceeded(
+            f"checkpoint {plan['checkpoint_id']} of {plan['project']}: deadline passed"
+        )
+
+
+def _drop_spool(spool_dir: Path, checkpoint_id: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(Path(spool_dir) / check_checkpoint_id(checkpoint_id))
+
+
+def _archive(result: PutResult) -> ArchiveRecord:
+    return ArchiveRecord(
+        key=result.key,
+        size_bytes=result.size_bytes,
+        sha256=result.sha256,
+        raw_size_bytes=result.raw_size_bytes,
+        raw_sha256=result.raw_sha256,
+        compression=result.compression,
+    )
+
+
+def _archive_json(a: ArchiveRecord) -> dict[str, Any]:
+    return {
+        "key": a.key,
+        "size_bytes": a.size_bytes,
+        "sha256": a.sha256,
+        "raw_size_bytes": a.raw_size_bytes,
+        "raw_sha256": a.raw_sha256,
+        "compression": a.compression,
+    }
+
+
+def _service_json(r: ServiceRecord) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "container": r.container,
+        "container_id": r.container_id,
+        "image": r.image,
+        "image_id": r.image_id,
+        "labels": dict(r.labels),
+        "networks": list(r.networks),
+        "archive": _archive_json(r.archive),
+        "checkpoint_started_at": r.checkpoint_started_at,
+        "checkpoint_ended_at": r.checkpoint_ended_at,
+    }
+
+
+def _service_record(doc: Mapping[str, Any]) -> ServiceRecord:
+    return ServiceRecord(
+        **{**doc, "networks": tuple(doc["networks"]), "archive": ArchiveRecord(**doc["archive"])}
+    )
+
+
+def _image_record(doc: Mapping[str, Any]) -> ImageRecord:
+    return ImageRecord(
+        id=doc["id"], names=tuple(doc["names"]), archive=ArchiveRecord(**doc["archive"])
+    )
+
+
+def _source_json(s: SourceInfo) -> dict[str, Any]:
+    return {
+        "node": s.node,
+        "podman_version": s.podman_version,
+        "runc_version": s.runc_version,
+        "conmon_version": s.conmon_version,
+        "criu_version": s.criu_version,
+        "kernel": s.kernel,
+        "arch": s.arch,
+        "cgroup_version": s.cgroup_version,
+        "cpu_model": s.cpu_model,
+        "cpu_flags": list(s.cpu_flags),
+    }

@@ -1,0 +1,334 @@
+"""podchord's Celery tasks: thin wrappers that decode JSON arguments and call plain functions.
+
+Task names are stable strings (``podchord.*``) so that other services can queue them by name
+with ``send_task`` without importing podchord. Tasks that touch a node's Podman run on that
+node's queue (:func:`node_queue`); the rest run on the shared queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import chord, shared_task
+from celery.result import AsyncResult
+
+from . import checkpoint as ck
+from . import restore as rs
+from .errors import (
+    CheckpointAborted,
+    DeadlineExceeded,
+    InvalidInput,
+    MigrationFailed,
+    PodchordError,
+)
+from .names import check_node, check_project
+from .options import (
+    CheckpointJobOptions,
+    MigrateOptions,
+    RestoreJobOptions,
+    decode_options,
+)
+from .runtime import runtime
+
+__all__ = [
+    "SHARED_QUEUE",
+    "abort_checkpoint",
+    "checkpoint_deadline",
+    "checkpoint_project",
+    "checkpoint_service",
+    "commit_manifest",
+    "migrate",
+    "node_queue",
+    "prune",
+    "restore_project",
+    "ship_image",
+]
+
+log = logging.getLogger(__name__)
+
+SHARED_QUEUE = "podchord"
+# Grace after the deadline before the watchdog declares a checkpoint dead: lets a commit
+# that started just in time finish its conditional put.
+_WATCHDOG_GRACE_S = 2.0
+_PROGRESS_EVERY_S = 1.0
+
+
+def node_queue(node: str) -> str:
+    """The queue only ``node``'s worker consumes."""
+    return f"podchord.node.{check_node(node)}"
+
+
+def _this_node(node: object) -> str:
+    """Refuse a task routed to the wrong worker (it would talk to the wrong Podman)."""
+    node = check_node(node)
+    mine = runtime().node
+    if node != mine:
+        raise InvalidInput(f"task for node {node!r} reached the worker of node {mine!r}")
+    return node
+
+
+def _progress(task: Any, service: str) -> Callable[[int], None]:
+    """A throttled progress reporter: PROGRESS state plus a Flower-visible event."""
+    total = 0
+    last = 0.0
+
+    def report(n: int) -> None:
+        nonlocal total, last
+        total += n
+        now = time.monotonic()
+        if now - last >= _PROGRESS_EVERY_S:
+            last = now
+            meta = {"service": service, "bytes": total}
+            task.update_state(state="PROGRESS", meta=meta)
+            task.send_event("task-progress", **meta)
+
+    return report
+
+
+@shared_task(name="podchord.checkpoint_project", bind=True)
+def checkpoint_project(
+    self: Any, project: str, node: str, options: Mapping[str, Any] | None = None
+) -> Any:
+    """Checkpoint every service of ``project`` on ``node``; the result is the commit's."""
+    opts = decode_options(CheckpointJobOptions, options)
+    project = check_project(project)
+    node = _this_node(node)
+    rt = runtime()
+    plan = ck.plan_checkpoint(rt.libpod(), rt.store(), project, node, opts)
+    self.update_state(
+        state="PROGRESS", meta={"checkpoint_id": plan["checkpoint_id"], "phase": "checkpoint"}
+    )
+    queue = node_queue(node)
+    expires = (
+        None
+        if plan["deadline_at"] is None
+        else datetime.fromtimestamp(plan["deadline_at"], UTC)
+    )
+    header = [
+        checkpoint_service.si(plan, svc).set(queue=queue, expires=expires)
+        for svc in plan["services"]
+    ] + [
+        ship_image.si(plan, img["id"], img["ref"]).set(queue=queue, expires=expires)
+        for img in plan["images"]
+    ]
+    body = commit_manifest.s(plan).set(queue=queue)
+    body = body.on_error(abort_checkpoint.s(plan=plan).set(queue=queue))
+    if expires is not None:
+        checkpoint_deadline.apply_async(
+            (self.request.id, project, node, plan["checkpoint_id"]),
+            queue=SHARED_QUEUE,
+            eta=datetime.fromtimestamp(plan["deadline_at"] + _WATCHDOG_GRACE_S, UTC),
+        )
+    # replace() gives the chord's body this task's id: the caller waits on one id.
+    return self.replace(chord(header, body))
+
+
+@shared_task(name="podchord.checkpoint_service", bind=True)
+def checkpoint_service(self: Any, plan: Mapping[str, Any], service: Mapping[str, Any]) -> Any:
+    """Checkpoint one service and upload its archive (header task of the chord)."""
+    _this_node(plan["node"])
+    rt = runtime()
+    return ck.checkpoint_service(
+        rt.libpod(),
+        rt.store(),
+        plan,
+        service,
+        spool_dir=rt.settings.spool_dir,
+        progress=_progress(self, service["service"]),
+    )
+
+
+@shared_task(name="podchord.ship_image")
+def ship_image(plan: Mapping[str, Any], image_id: str, ref: str) -> Any:
+    """Store one image the checkpoint needs (header task of the chord)."""
+    _this_node(plan["node"])
+    rt = runtime()
+    return {"image": ck.ship_image(rt.libpod(), rt.store(), image_id, ref)}
+
+
+@shared_task(name="podchord.commit_manifest")
+def commit_manifest(results: list[Mapping[str, Any]], plan: Mapping[str, Any]) -> Any:
+    """Chord body: verify every archive, then write the manifest (conditional put)."""
+    rt = runtime()
+    services = [r for r in results if "image" not in r]
+    images = [r["image"] for r in results if "image" in r]
+    return ck.commit_manifest(
+        rt.store(), plan, services, images, spool_dir=rt.settings.spool_dir
+    )
+
+
+@shared_task(name="podchord.abort_checkpoint")
+def abort_checkpoint(
+    request: Any = None,
+    exc: BaseException | None = None,
+    traceback: Any = None,
+    plan: Mapping[str, Any] | None = None,
+) -> Any:
+    """Chord error callback: delete this checkpoint's objects and bring services back.
+
+    Celery calls a new-style error callback inline with ``(request, exc, traceback)``; the
+    exception raised here becomes the checkpoint's final failure, so the caller learns what
+    failed and what was rolled back.
+    """
+    if plan is None:
+        raise InvalidInput("abort_checkpoint needs the checkpoint plan")
+    rt = runtime()
+    lp = rt.libpod() if rt.settings.node == plan["node"] else None
+    summary = ck.abort_checkpoint(
+        lp, rt.store(), plan, _describe(exc), spool_dir=rt.settings.spool_dir
+    )
+    if summary["committed"]:
+        return summary
+    raise CheckpointAborted(_abort_message(summary), summary)
+
+
+@shared_task(name="podchord.checkpoint_deadline")
+def checkpoint_deadline(
+    task_id: str, project: str, node: str, checkpoint_id: str | None = None
+) -> Any:
+    """Watchdog: a checkpoint not done by its deadline fails clean instead of hanging.
+
+    Queued on the shared queue for the deadline, by the client (which knows only the task
+    id: the node's worker may be down) and by ``checkpoint_project`` (which knows the id).
+    """
+    result: AsyncResult = AsyncResult(task_id, app=checkpoint_deadline.app)
+    summary: dict[str, Any] = {"task_id": task_id, "project": project, "node": node}
+    store = runtime().store()
+    if checkpoint_id is not None:
+        if store.exists(store.layout.manifest(project, checkpoint_id)):
+            return {**summary, "committed": True}
+        plan = {"project": project, "checkpoint_id": checkpoint_id, "node": node,
+                "mode": "backup", "services": []}
+        summary.update(ck.abort_checkpoint(None, store, plan, "deadline passed", spool_dir=None))
+    if not result.ready():
+        exc = DeadlineExceeded(
+            f"checkpoint of {project} on node {node} was not committed by its deadline "
+            f"(is the worker of node {node} running?); nothing was committed"
+        )
+        checkpoint_deadline.backend.mark_as_failure(task_id, exc)
+        summary["marked_failed"] = True
+    return summary
+
+
+@shared_task(name="podchord.restore_project", bind=True)
+def restore_project(
+    self: Any, checkpoint: str, node: str, options: Mapping[str, Any] | None = None
+) -> Any:
+    """Restore a committed checkpoint (``PROJECT/CHECKPOINT_ID`` or ``PROJECT`` = newest)."""
+    opts = decode_options(RestoreJobOptions, options)
+    node = _this_node(node)
+    rt = runtime()
+
+    def phase(name: str) -> None:
+        self.update_state(state="PROGRESS", meta={"phase": name})
+
+    return rs.restore_project(
+        rt.libpod(), rt.store(), checkpoint, node, opts,
+        spool_dir=rt.settings.spool_dir, on_phase=phase,
+    )
+
+
+@shared_task(name="podchord.migrate", bind=True)
+def migrate(
+    self: Any, project: str, source: str, target: str, options: Mapping[str, Any] | None = None
+) -> Any:
+    """Eviction checkpoint on ``source``, then restore on ``target``; one id to wait on."""
+    opts = decode_options(MigrateOptions, options)
+    project = check_project(project)
+    source, target = check_node(source), check_node(target)
+    if source == target:
+        raise InvalidInput("migrate needs two different nodes; use restore for in place")
+    ck_opts = {
+        "leave_running": False,
+        "tcp_established": opts.tcp_established,
+        "compress": opts.compress,
+        "deadline_s": opts.deadline_s,
+    }
+    rs_opts = {"tcp_established": opts.tcp_established, "force_cpu": opts.force_cpu}
+    flow = checkpoint_project.si(project, source, ck_opts).set(
+        queue=node_queue(source)
+    ) | restore_after_checkpoint.s(target, rs_opts, source).set(queue=node_queue(target))
+    return self.replace(flow)
+
+
+@shared_task(name="podchord.restore_after_checkpoint", bind=True)
+def restore_after_checkpoint(
+    self: Any,
+    committed: Mapping[str, Any],
+    node: str,
+    options: Mapping[str, Any] | None,
+    source: str,
+) -> Any:
+    """Second half of migrate: restore the just-committed checkpoint on the target.
+
+    If the restore fails, the workload is brought back on the source from the same
+    checkpoint, so a failed migration still leaves it running somewhere.
+    """
+    opts = decode_options(RestoreJobOptions, options)
+    node = _this_node(node)
+    rt = runtime()
+    ref = f"{committed['project']}/{committed['checkpoint_id']}"
+    try:
+        restored = rs.restore_project(
+            rt.libpod(), rt.store(), ref, node, opts, spool_dir=rt.settings.spool_dir
+        )
+    except PodchordError as exc:
+        fallback = restore_project.apply_async(
+            (ref, source, {"tcp_established": opts.tcp_established, "ignore_volumes": True}),
+            queue=node_queue(source),
+        )
+        raise MigrationFailed(
+            f"restore of {ref} on {node} failed ({exc}); restoring it back on {source} "
+            f"(task {fallback.id})",
+            fallback_task_id=fallback.id,
+        ) from exc
+    return {"checkpoint": dict(committed), "restore": restored}
+
+
+@shared_task(name="podchord.prune")
+def prune(project: str, keep: int, grace_s: float = 3600.0) -> Any:
+    """Retention: keep the newest ``keep`` committed checkpoints of ``project``."""
+    project = check_project(project)
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        raise InvalidInput(f"keep must be a whole number >= 1, got {keep!r}")
+    report = runtime().store().prune(project, keep=keep, grace_s=float(grace_s))
+    return _jsonable(report)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown failure"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _abort_message(summary: Mapping[str, Any]) -> str:
+    parts = [
+        f"checkpoint {summary['checkpoint_id']} of {summary['project']} aborted: "
+        f"{summary['error']}",
+        f"deleted {summary['deleted_objects']} object(s)",
+        f"aborted {summary['aborted_uploads']} upload(s)",
+    ]
+    if summary["rolled_back"]:
+        parts.append(f"running again on {summary['node']}: {', '.join(summary['rolled_back'])}")
+    if summary["not_rolled_back"]:
+        parts.append(f"NOT rolled back: {summary['not_rolled_back']}")
+    return "; ".join(parts)
+
+
+def _jsonable(value: Any) -> Any:
+    """A dataclass report as plain JSON (datetimes as ISO strings)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

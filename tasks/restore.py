@@ -1,0 +1,268 @@
+"""Restoring a committed checkpoint on a node: plain functions the Celery tasks call.
+
+Order matters for "safe to fail": everything that can be checked is checked before Podman is
+changed (manifest, replace-guard, CPU flags), and every archive is downloaded to a 0600 spool
+file and verified before Podman sees it. Only then are images loaded, networks created and
+services restored; if any of that fails, every container and network this restore created is
+removed again and the error names the service and Podman's message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import (
+    ObjectNotFound,
+    PodchordError,
+    PodmanConflict,
+    PodmanError,
+    PodmanNotFound,
+    RestoreFailed,
+)
+from .keys import check_checkpoint_id
+from .libpod import Libpod
+from .libpod_types import NetworkDef, RestoreOptions
+from .manifest import ArchiveRecord, Manifest, parse_manifest
+from .names import check_project
+from .options import RestoreJobOptions
+from .spool import private_dir
+from .store import Store
+
+__all__ = ["load_manifest", "resolve_checkpoint", "restore_project"]
+
+Phase = Callable[[str], None]
+
+
+def resolve_checkpoint(store: Store, ref: str) -> tuple[str, str]:
+    """Turn ``PROJECT/CHECKPOINT_ID`` or ``PROJECT`` (newest committed) into both parts.
+
+    Raises:
+        InvalidInput: a malformed reference.
+        ObjectNotFound: no such committed checkpoint.
+    """
+    project, _, checkpoint_id = str(ref).partition("/")
+    check_project(project)
+    if checkpoint_id:
+        check_checkpoint_id(checkpoint_id)
+        if not store.exists(store.layout.manifest(project, checkpoint_id)):
+            raise ObjectNotFound(
+                f"no committed checkpoint {project}/{checkpoint_id} in {store.url}",
+                key=store.layout.manifest(project, checkpoint_id),
+            )
+        return project, checkpoint_id
+    for entry in store.list_checkpoints(project):
+        if entry.committed:
+            return project, entry.checkpoint_id
+    raise ObjectNotFound(f"project {project!r} has no committed checkpoint in {store.url}")
+
+
+def load_manifest(store: Store, ref: str) -> Manifest:
+    """Read and validate the manifest a checkpoint reference names."""
+    project, checkpoint_id = resolve_checkpoint(store, ref)
+    return parse_manifest(store.read_manifest(project, checkpoint_id), store.layout)
+
+
+@dataclass
+class _Undo:
+    """What this restore created on the node, to remove again on failure."""
+
+    containers: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def timed(self, phase: str, on_phase: Phase | None) -> Iterator[None]:
+        if on_phase is not None:
+            on_phase(phase)
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[f"{phase}_s"] = round(time.monotonic() - start, 3)
+
+
+def restore_project(
+    lp: Libpod,
+    store: Store,
+    ref: str,
+    node: str,
+    opts: RestoreJobOptions,
+    *,
+    spool_dir: Path,
+    on_phase: Phase | None = None,
+) -> dict[str, Any]:
+    """Restore every service of a committed checkpoint on this node.
+
+    Returns:
+        checkpoint id, node, per service the new container id and state, the primary
+        service, notes (e.g. a network recreated on another subnet) and timings per phase.
+
+    Raises:
+        ManifestInvalid, ObjectNotFound, IntegrityError: before anything was changed.
+        PodmanConflict: a same-named container is running here; nothing was destroyed.
+        RestoreFailed: naming the service; what this restore created was removed.
+    """
+    undo = _Undo()
+    began = time.monotonic()
+    with undo.timed("manifest", on_phase):
+        manifest = load_manifest(store, ref)
+    spool = private_dir(Path(spool_dir) / f"restore-{manifest.checkpoint_id}-{time.time_ns()}")
+    try:
+        with undo.timed("preflight", on_phase):
+            _preflight(lp, manifest, opts, undo)
+        with undo.timed("download", on_phase):
+            archives = {
+                s.name: _download(store, s.archive, spool / f"{s.name}.tar", undo)
+                for s in manifest.services
+            }
+        try:
+            with undo.timed("images", on_phase):
+                _ensure_images(lp, store, manifest, spool, undo)
+            with undo.timed("probe", on_phase):
+                lp.require_checkpoint(manifest.services[0].image_id)
+            with undo.timed("networks", on_phase):
+                ignore_static = _ensure_networks(lp, manifest, undo)
+            with undo.timed("restore", on_phase):
+                services = _restore_services(lp, manifest, archives, opts, ignore_static, undo)
+        except PodchordError:
+            _roll_back(lp, undo)
+            raise
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    undo.timings["total_s"] = round(time.monotonic() - began, 3)
+    return {
+        "checkpoint_id": manifest.checkpoint_id,
+        "project": manifest.project,
+        "node": node,
+        "source_node": manifest.source.node,
+        "services": services,
+        "primary_service": manifest.primary_service,
+        "notes": undo.notes,
+        "timings": undo.timings,
+    }
+
+
+def _preflight(lp: Libpod, manifest: Manifest, opts: RestoreJobOptions, undo: _Undo) -> None:
+    lp.ping()
+    info = lp.info()
+    missing = sorted(set(manifest.source.cpu_flags) - set(info.cpu_flags))
+    if missing and info.cpu_flags:
+        if not opts.force_cpu:
+            raise RestoreFailed(
+                f"node {info.hostname} lacks CPU features the source had: {missing[:12]}; "
+                "a restored process would die with SIGILL (use force_cpu to override)",
+                archive=manifest.checkpoint_id,
+            )
+        undo.notes.append(f"forced despite missing CPU flags {missing[:12]}")
+    if manifest.source.kernel and info.kernel and manifest.source.kernel != info.kernel:
+        undo.notes.append(f"kernel differs: source {manifest.source.kernel}, here {info.kernel}")
+    # Replace-guard, checked for every service before anything is changed.
+    for svc in manifest.services:
+        try:
+            state = lp.container_state(svc.container)
+        except PodmanNotFound:
+            continue
+        if state in ("running", "paused"):
+            raise PodmanConflict(
+                f"container {svc.container} is {state} on this node; nothing was changed "
+                "(stop it, or restore elsewhere)"
+            )
+
+
+def _download(store: Store, arch: ArchiveRecord, dest: Path, undo: _Undo) -> Path:
+    undo.files.append(dest)
+    return store.download(
+        arch.key,
+        dest,
+        size_bytes=arch.size_bytes,
+        sha256=arch.sha256,
+        compression=arch.compression,
+        raw_size_bytes=arch.raw_size_bytes,
+        raw_sha256=arch.raw_sha256,
+    )
+
+
+def _ensure_images(
+    lp: Libpod, store: Store, manifest: Manifest, spool: Path, undo: _Undo
+) -> None:
+    for image in manifest.images:
+        if lp.image_exists(image.id):
+            continue
+        path = _download(store, image.archive, spool / f"image-{image.id}.tar", undo)
+        lp.load_image(path)
+        path.unlink(missing_ok=True)
+        undo.notes.append(f"loaded image {image.names[0] if image.names else image.id}")
+
+
+def _ensure_networks(lp: Libpod, manifest: Manifest, undo: _Undo) -> bool:
+    """Create missing networks; True when one had to move to another subnet."""
+    moved = False
+    for net in manifest.networks:
+        if lp.network_exists(net.name):
+            continue
+        try:
+            lp.create_network(net)
+        except PodmanError as exc:
+            if not net.subnets:
+                raise
+            # The recorded subnet is taken here: let Podman pick a free one.
+            lp.create_network(NetworkDef.from_json({**net.to_json(), "subnets": []}))
+            undo.notes.append(f"network {net.name} recreated on another subnet ({exc})")
+            moved = True
+        undo.networks.append(net.name)
+    return moved
+
+
+def _restore_services(
+    lp: Libpod,
+    manifest: Manifest,
+    archives: dict[str, Path],
+    opts: RestoreJobOptions,
+    ignore_static: bool,
+    undo: _Undo,
+) -> dict[str, Any]:
+    base = RestoreOptions(
+        tcp_established=opts.tcp_established,
+        ignore_volumes=opts.ignore_volumes,
+        ignore_static_ip=ignore_static,
+        ignore_static_mac=ignore_static,
+    )
+    out: dict[str, Any] = {}
+    for svc in sorted(manifest.services, key=lambda s: s.name):
+        with contextlib.suppress(PodmanNotFound):
+            lp.container_state(svc.container)
+            lp.remove(svc.container, force=True, volumes=False)  # stopped husk; volumes kept
+            undo.notes.append(f"replaced the stopped container {svc.container}")
+        try:
+            result = lp.restore(archives[svc.name], replace(base))
+            undo.containers.append(svc.container)
+            lp.wait_state(svc.container, ("running",), timeout_s=opts.start_timeout_s)
+        except PodchordError as exc:
+            if isinstance(exc, RestoreFailed):
+                exc.service = svc.name
+                raise
+            raise RestoreFailed(
+                f"service {svc.name}: {exc}", archive=svc.archive.key, service=svc.name
+            ) from exc
+        out[svc.name] = {"container": svc.container, "id": result.id, "state": "running"}
+    return out
+
+
+def _roll_back(lp: Libpod, undo: _Undo) -> None:
+    """Remove what this restore created; best effort, every step tried."""
+    for name in reversed(undo.containers):
+        with contextlib.suppress(PodchordError):
+            lp.remove(name, force=True, volumes=False)
+    for name in reversed(undo.networks):
+        with contextlib.suppress(PodchordError):
+            lp.remove_network(name, force=True)
+    for path in undo.files:
+        path.unlink(missing_ok=True)
