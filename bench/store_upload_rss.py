@@ -96,7 +96,9 @@ def main() -> None:
     client.create_bucket(Bucket=bucket)
     settings = StoreSettings(part_size_bytes=args.part_mib * MiB, max_concurrency=args.concurrency)
     store = open_store(f"s3://{bucket}/bench", s3_client=client, settings=settings)
-    key = store.layout.service_archive("bench", new_checkpoint_id(), "big", compressed=args.compress)
+    key = store.layout.service_archive(
+        "bench", new_checkpoint_id(), "big", compressed=args.compress
+    )
     total = args.size_mib * MiB
 
     # Warm up (imports, thread pools, connections) so the baseline is fair.
@@ -137,8 +139,10 @@ def main() -> None:
     }
     out = REPO / "bench" / "out"
     out.mkdir(exist_ok=True)
-    suffix = "" if not args.compress and args.concurrency == 4 and args.part_mib == 8 else (
-        f"-c{args.concurrency}-p{args.part_mib}{'-zstd' if args.compress else ''}"
+    suffix = (
+        ""
+        if not args.compress and args.concurrency == 4 and args.part_mib == 8
+        else (f"-c{args.concurrency}-p{args.part_mib}{'-zstd' if args.compress else ''}")
     )
     (out / f"store_upload_rss{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -13,6 +13,7 @@ from .errors import (
     ManifestInvalid,
     NotLibpod,
     ObjectNotFound,
+    ObjectTooLarge,
     PodchordError,
     PodmanConflict,
     PodmanError,
@@ -24,6 +25,7 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
+from .keys import KeyLayout, new_checkpoint_id
 from .libpod import Archive, Libpod
 from .libpod_types import (
     CheckpointOptions,
@@ -38,9 +40,21 @@ from .libpod_types import (
     Subnet,
     Timeouts,
 )
+from .spool import SpoolFile, spool_file
+from .store import (
+    CheckpointEntry,
+    ObjectInfo,
+    PruneReport,
+    PutResult,
+    Store,
+    StoreSettings,
+    open_store,
+    referenced_keys,
+)
 
 __all__ = [
     "Archive",
+    "CheckpointEntry",
     "CheckpointFailed",
     "CheckpointOptions",
     "CheckpointUnsupported",
@@ -50,6 +64,7 @@ __all__ = [
     "ImageInfo",
     "IntegrityError",
     "InvalidInput",
+    "KeyLayout",
     "Libpod",
     "LockHeld",
     "ManifestExists",
@@ -57,7 +72,9 @@ __all__ = [
     "NetworkDef",
     "NodeInfo",
     "NotLibpod",
+    "ObjectInfo",
     "ObjectNotFound",
+    "ObjectTooLarge",
     "PodchordError",
     "PodmanConflict",
     "PodmanError",
@@ -66,11 +83,20 @@ __all__ = [
     "PodmanUnreachable",
     "ProbeResult",
     "ProjectError",
+    "PruneReport",
+    "PutResult",
     "RestoreFailed",
     "RestoreOptions",
     "RestoreResult",
+    "SpoolFile",
+    "Store",
     "StoreError",
+    "StoreSettings",
     "StoreUnavailable",
     "Subnet",
     "Timeouts",
+    "new_checkpoint_id",
+    "open_store",
+    "referenced_keys",
+    "spool_file",
 ]

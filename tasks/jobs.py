@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import chord, shared_task
+from celery.exceptions import Ignore
 from celery.result import AsyncResult
 
 from . import checkpoint as ck
@@ -72,7 +73,12 @@ def _this_node(node: object) -> str:
 
 
 def _progress(task: Any, service: str) -> Callable[[int], None]:
-    """A throttled progress reporter: PROGRESS state plus a Flower-visible event."""
+    """A throttled progress reporter: PROGRESS state plus a Flower-visible event.
+
+    It is called from the store's transfer threads, where Celery's (thread-local) request is
+    empty: the task id and hostname are captured here, in the task's own thread.
+    """
+    task_id, hostname = task.request.id, task.request.hostname
     total = 0
     last = 0.0
 
@@ -83,8 +89,9 @@ def _progress(task: Any, service: str) -> Callable[[int], None]:
         if now - last >= _PROGRESS_EVERY_S:
             last = now
             meta = {"service": service, "bytes": total}
-            task.update_state(state="PROGRESS", meta=meta)
-            task.send_event("task-progress", **meta)
+            task.update_state(task_id=task_id, state="PROGRESS", meta=meta)
+            with task.app.events.default_dispatcher(hostname=hostname) as events:
+                events.send("task-progress", uuid=task_id, **meta)
 
     return report
 
@@ -93,13 +100,28 @@ def _progress(task: Any, service: str) -> Callable[[int], None]:
 def checkpoint_project(
     self: Any, project: str, node: str, options: Mapping[str, Any] | None = None
 ) -> Any:
-    """Checkpoint every service of ``project`` on ``node``; the result is the commit's."""
+    """Checkpoint every service of ``project`` on ``node``.
+
+    This task's own id is the one to wait on: the chord's body (commit) or error callback
+    (abort) stores the final result under it.
+    """
     opts = decode_options(CheckpointJobOptions, options)
-    project = check_project(project)
-    node = _this_node(node)
+    _start_checkpoint(self, check_project(project), _this_node(node), opts, then=None)
+
+
+def _start_checkpoint(
+    task: Any,
+    project: str,
+    node: str,
+    opts: CheckpointJobOptions,
+    then: Mapping[str, Any] | None,
+) -> None:
+    """Plan, launch the chord, arm the deadline watchdog; raise Ignore (result comes later)."""
     rt = runtime()
     plan = ck.plan_checkpoint(rt.libpod(), rt.store(), project, node, opts)
-    self.update_state(
+    plan["outer_task_id"] = task.request.id
+    plan["then"] = then
+    task.update_state(
         state="PROGRESS", meta={"checkpoint_id": plan["checkpoint_id"], "phase": "checkpoint"}
     )
     queue = node_queue(node)
@@ -119,12 +141,14 @@ def checkpoint_project(
     body = body.on_error(abort_checkpoint.s(plan=plan).set(queue=queue))
     if expires is not None:
         checkpoint_deadline.apply_async(
-            (self.request.id, project, node, plan["checkpoint_id"]),
+            (task.request.id, project, node, plan["checkpoint_id"]),
             queue=SHARED_QUEUE,
             eta=datetime.fromtimestamp(plan["deadline_at"] + _WATCHDOG_GRACE_S, UTC),
         )
-    # replace() gives the chord's body this task's id: the caller waits on one id.
-    return self.replace(chord(header, body))
+    chord(header)(body)
+    # The final state is written by commit/abort/restore; Ignore keeps Celery from
+    # overwriting this task's PROGRESS state with a premature SUCCESS.
+    raise Ignore()
 
 
 @shared_task(name="podchord.checkpoint_service", bind=True)
@@ -147,18 +171,27 @@ def ship_image(plan: Mapping[str, Any], image_id: str, ref: str) -> Any:
     """Store one image the checkpoint needs (header task of the chord)."""
     _this_node(plan["node"])
     rt = runtime()
-    return {"image": ck.ship_image(rt.libpod(), rt.store(), image_id, ref)}
+    return {"shipped_image": ck.ship_image(rt.libpod(), rt.store(), image_id, ref)}
 
 
 @shared_task(name="podchord.commit_manifest")
 def commit_manifest(results: list[Mapping[str, Any]], plan: Mapping[str, Any]) -> Any:
     """Chord body: verify every archive, then write the manifest (conditional put)."""
     rt = runtime()
-    services = [r for r in results if "image" not in r]
-    images = [r["image"] for r in results if "image" in r]
-    return ck.commit_manifest(
+    services = [r for r in results if "shipped_image" not in r]
+    images = [r["shipped_image"] for r in results if "shipped_image" in r]
+    summary = ck.commit_manifest(
         rt.store(), plan, services, images, spool_dir=rt.settings.spool_dir
     )
+    then = plan.get("then")
+    if then is None:
+        commit_manifest.backend.mark_as_done(plan["outer_task_id"], summary)
+    else:
+        restore_after_checkpoint.apply_async(
+            (summary, then["target"], then["options"], plan["node"], plan["outer_task_id"]),
+            queue=node_queue(then["target"]),
+        )
+    return summary
 
 
 @shared_task(name="podchord.abort_checkpoint")
@@ -181,9 +214,10 @@ def abort_checkpoint(
     summary = ck.abort_checkpoint(
         lp, rt.store(), plan, _describe(exc), spool_dir=rt.settings.spool_dir
     )
-    if summary["committed"]:
-        return summary
-    raise CheckpointAborted(_abort_message(summary), summary)
+    if not summary["committed"]:
+        exc_out = CheckpointAborted(_abort_message(summary), summary)
+        abort_checkpoint.backend.mark_as_failure(plan["outer_task_id"], exc_out)
+    return summary
 
 
 @shared_task(name="podchord.checkpoint_deadline")
@@ -239,29 +273,29 @@ def migrate(
     """Eviction checkpoint on ``source``, then restore on ``target``; one id to wait on."""
     opts = decode_options(MigrateOptions, options)
     project = check_project(project)
-    source, target = check_node(source), check_node(target)
+    target = check_node(target)
+    source = _this_node(source)
     if source == target:
         raise InvalidInput("migrate needs two different nodes; use restore for in place")
-    ck_opts = {
-        "leave_running": False,
-        "tcp_established": opts.tcp_established,
-        "compress": opts.compress,
-        "deadline_s": opts.deadline_s,
-    }
+    ck_opts = CheckpointJobOptions(
+        leave_running=False,
+        tcp_established=opts.tcp_established,
+        compress=opts.compress,
+        deadline_s=opts.deadline_s,
+    )
     rs_opts = {"tcp_established": opts.tcp_established, "force_cpu": opts.force_cpu}
-    flow = checkpoint_project.si(project, source, ck_opts).set(
-        queue=node_queue(source)
-    ) | restore_after_checkpoint.s(target, rs_opts, source).set(queue=node_queue(target))
-    return self.replace(flow)
+    _start_checkpoint(
+        self, project, source, ck_opts, then={"target": target, "options": rs_opts}
+    )
 
 
-@shared_task(name="podchord.restore_after_checkpoint", bind=True)
+@shared_task(name="podchord.restore_after_checkpoint")
 def restore_after_checkpoint(
-    self: Any,
     committed: Mapping[str, Any],
     node: str,
     options: Mapping[str, Any] | None,
     source: str,
+    outer_task_id: str,
 ) -> Any:
     """Second half of migrate: restore the just-committed checkpoint on the target.
 
@@ -271,6 +305,7 @@ def restore_after_checkpoint(
     opts = decode_options(RestoreJobOptions, options)
     node = _this_node(node)
     rt = runtime()
+    backend = restore_after_checkpoint.backend
     ref = f"{committed['project']}/{committed['checkpoint_id']}"
     try:
         restored = rs.restore_project(
@@ -281,12 +316,16 @@ def restore_after_checkpoint(
             (ref, source, {"tcp_established": opts.tcp_established, "ignore_volumes": True}),
             queue=node_queue(source),
         )
-        raise MigrationFailed(
+        failure = MigrationFailed(
             f"restore of {ref} on {node} failed ({exc}); restoring it back on {source} "
             f"(task {fallback.id})",
             fallback_task_id=fallback.id,
-        ) from exc
-    return {"checkpoint": dict(committed), "restore": restored}
+        )
+        backend.mark_as_failure(outer_task_id, failure)
+        raise failure from exc
+    result = {"checkpoint": dict(committed), "restore": restored}
+    backend.mark_as_done(outer_task_id, result)
+    return result
 
 
 @shared_task(name="podchord.prune")

@@ -103,3 +103,11 @@ class ImagesAndNetworks(LibpodBase):
         for report in reports or []:
             if isinstance(report, dict) and report.get("Err"):
                 raise PodmanError(f"{what}: {report['Err']}", podman_message=str(report["Err"]))
+
+    # -- volumes ----------------------------------------------------------------------------
+
+    def remove_volume(self, name: str, *, force: bool = False) -> None:
+        """Remove volume ``name``; ``force`` also removes containers using it."""
+        check_name(name, "volume name")
+        params = {"force": qbool(force)}
+        self._call("DELETE", self._url("/volumes/{}", name), f"remove volume {name}", params=params)

@@ -96,3 +96,33 @@ def testbed() -> Iterator[Testbed]:
                 os.environ[k] = v
         if started_here:
             subprocess.run([TESTBED, "down"], capture_output=True, text=True)
+
+
+@dataclass
+class Stack:
+    """Real `podchord worker` processes for every test-bed node, plus a client app."""
+
+    app: object
+    store_url: str
+    bucket: str
+    workers: dict[str, object]
+
+
+@pytest.fixture(scope="session")
+def stack(testbed, tmp_path_factory) -> Iterator[Stack]:
+    import secrets
+
+    from tests.stack import client_app, make_bucket, start_worker, wait_ready
+
+    bucket = f"podchord-test-{secrets.token_hex(4)}"
+    make_bucket(testbed.s3_endpoint, bucket)
+    store_url = f"s3://{bucket}/pc"
+    tmp = tmp_path_factory.mktemp("stack")
+    workers = {n: start_worker(testbed, n, store_url, tmp) for n in testbed.nodes}
+    app = client_app(testbed, store_url)
+    try:
+        wait_ready(app, list(workers.values()))
+        yield Stack(app=app, store_url=store_url, bucket=bucket, workers=workers)
+    finally:
+        for w in workers.values():
+            w.stop()

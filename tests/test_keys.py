@@ -101,7 +101,11 @@ def test_parse():
     layout = KeyLayout("p")
     parsed = layout.parse(f"p/projects/web/{CID}/services/db.tar.zst")
     assert parsed is not None
-    assert (parsed.project, parsed.checkpoint_id, parsed.rest) == ("web", CID, "services/db.tar.zst")
+    assert (parsed.project, parsed.checkpoint_id, parsed.rest) == (
+        "web",
+        CID,
+        "services/db.tar.zst",
+    )
     assert layout.parse(f"p/projects/web/{CID}") is None
     assert layout.parse(f"q/projects/web/{CID}/manifest.json") is None
     assert layout.parse("p/projects/web/not-an-id/manifest.json") is None

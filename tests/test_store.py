@@ -381,7 +381,9 @@ def _checkpoint(store: Store, when: datetime, project: str = "web", images=(), c
     cid = new_checkpoint_id(when)
     store.put_stream(store.layout.service_archive(project, cid, "db"), [b"archive"])
     if commit:
-        store.put_manifest(store.layout.manifest(project, cid), _manifest(store, cid, project, images))
+        store.put_manifest(
+            store.layout.manifest(project, cid), _manifest(store, cid, project, images)
+        )
     return cid
 
 
@@ -587,9 +589,7 @@ def _open_uploads(client, bucket: str) -> list[dict]:
 
 def _fail_requests(client, match: Callable[[object], bool]) -> Callable[..., object]:
     """Make matching requests answer HTTP 500 (every attempt), the way a sick S3 would."""
-    body = (
-        b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
-    )
+    body = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
 
     class _Raw:
         def stream(self, **_: object) -> Iterator[bytes]:
@@ -640,9 +640,7 @@ def test_multipart_upload_of_a_large_stream(server_store):
 def test_failed_part_aborts_the_upload_and_stops_reading(server_store):
     client, bucket, store = server_store
     key = _archive_key(store)
-    handler = _fail_requests(
-        client, lambda r: r.method == "PUT" and "partNumber=3&" in r.url + "&"
-    )
+    handler = _fail_requests(client, lambda r: r.method == "PUT" and "partNumber=3&" in r.url + "&")
     consumed = 0
     total = 256 * MiB
 
