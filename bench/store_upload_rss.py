@@ -139,11 +139,9 @@ def main() -> None:
     }
     out = REPO / "bench" / "out"
     out.mkdir(exist_ok=True)
-    suffix = (
-        ""
-        if not args.compress and args.concurrency == 4 and args.part_mib == 8
-        else (f"-c{args.concurrency}-p{args.part_mib}{'-zstd' if args.compress else ''}")
-    )
+    default = (args.size_mib, args.part_mib, args.concurrency, args.compress) == (1024, 8, 4, False)
+    zstd = "-zstd" if args.compress else ""
+    suffix = "" if default else f"-{args.size_mib}m-c{args.concurrency}-p{args.part_mib}{zstd}"
     (out / f"store_upload_rss{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

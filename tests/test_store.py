@@ -577,10 +577,10 @@ def test_file_store_modes(tmp_path):
 
 
 @pytest.fixture
-def server_store(server_bucket) -> Iterator[tuple[object, str, Store]]:
+def server_store(server_bucket) -> tuple[object, str, Store]:
     client, bucket = server_bucket
     settings = StoreSettings(max_attempts=2)
-    yield client, bucket, open_store(f"s3://{bucket}/pfx", s3_client=client, settings=settings)
+    return client, bucket, open_store(f"s3://{bucket}/pfx", s3_client=client, settings=settings)
 
 
 def _open_uploads(client, bucket: str) -> list[dict]:

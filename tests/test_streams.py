@@ -31,7 +31,8 @@ def test_full_reader_read_all_and_types():
     out = reader.read()
     assert out == b"bcdef"
     assert type(out) is bytes
-    assert reader.readable() and not reader.seekable()
+    assert reader.readable()
+    assert not reader.seekable()
 
 
 def test_full_reader_propagates_source_errors():
