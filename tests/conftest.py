@@ -112,14 +112,20 @@ class Stack:
 def stack(testbed, tmp_path_factory) -> Iterator[Stack]:
     import secrets
 
-    from tests.stack import client_app, make_bucket, start_worker, wait_ready
+    from tests.stack import client_app, make_bucket, start_worker
+    from workers.launch import wait_ready
 
     bucket = f"podchord-test-{secrets.token_hex(4)}"
     make_bucket(testbed.s3_endpoint, bucket)
     store_url = f"s3://{bucket}/pc"
     tmp = tmp_path_factory.mktemp("stack")
-    workers = {n: start_worker(testbed, n, store_url, tmp) for n in testbed.nodes}
-    app = client_app(testbed, store_url)
+    # A Redis database of its own per test session, so that two sessions' workers never
+    # take each other's tasks.
+    base = testbed.broker_url.rsplit("/", 1)[0]
+    db = secrets.randbelow(7) * 2 + 2
+    urls = {"PODCHORD_BROKER_URL": f"{base}/{db}", "PODCHORD_RESULT_BACKEND": f"{base}/{db + 1}"}
+    workers = {n: start_worker(testbed, n, store_url, tmp, extra=urls) for n in testbed.nodes}
+    app = client_app(store_url, urls["PODCHORD_BROKER_URL"], urls["PODCHORD_RESULT_BACKEND"])
     try:
         wait_ready(app, list(workers.values()))
         yield Stack(app=app, store_url=store_url, bucket=bucket, workers=workers)

@@ -8,6 +8,7 @@ successes; labelled ``dev.containers.id`` as the project's primary service).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -73,16 +74,10 @@ def read_counter(lp: Libpod, container: str, path: str = "/tmp/n") -> int:
 def remove_sample(lp: Libpod, sample: SampleProject, *, volumes: bool = True) -> None:
     """Remove the sample's containers, network and (optionally) volume from one node."""
     for name in sample.containers.values():
-        try:
+        with contextlib.suppress(PodmanNotFound):
             lp.remove(name, force=True, volumes=False)
-        except PodmanNotFound:
-            pass
-    try:
+    with contextlib.suppress(PodmanNotFound):
         lp.remove_network(sample.network, force=True)
-    except PodmanNotFound:
-        pass
     if volumes:
-        try:
+        with contextlib.suppress(PodmanNotFound):
             lp.remove_volume(sample.volume, force=True)
-        except PodmanNotFound:
-            pass
