@@ -232,8 +232,11 @@ def _archive(doc: Mapping[str, Any], base: str) -> ArchiveRecord:
     sizes: dict[str, int] = {}
     for name in ("size_bytes", "raw_size_bytes"):
         value = doc.get(name)
-        plain_int = isinstance(value, int) and not isinstance(value, bool)
-        if not plain_int or not 0 < value <= _MAX_ARCHIVE_BYTES:
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or not 0 < value <= _MAX_ARCHIVE_BYTES
+        ):
             raise ManifestInvalid(f"archive {key}: {name} {value!r} is not a sane size")
         sizes[name] = value
     digests: dict[str, str] = {}
