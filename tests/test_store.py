@@ -350,9 +350,11 @@ def test_keys_outside_the_store_are_refused(backend):
             store.delete(["elsewhere/x"])
 
 
+# Server-side encryption is an S3 feature: the file store is not asked.
+@pytest.mark.parametrize(
+    "backend", ["moto", pytest.param("server", marks=pytest.mark.services)], indirect=True
+)
 def test_sse_on_every_object(backend):
-    if backend.name == "file":
-        pytest.skip("server-side encryption is an S3 feature")
     store = backend.store
     cid = new_checkpoint_id()
     archive = store.put_stream(_archive_key(store, cid), random_stream(MiB))
