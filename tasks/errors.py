@@ -31,6 +31,9 @@ errors (httpx, botocore, OSError) are translated once, at the boundary that meet
 
 from __future__ import annotations
 
+# Every extra constructor argument has a default: Celery rebuilds a remote exception as
+# cls(message), and one it cannot rebuild reaches the caller as a less precise parent class.
+
 __all__ = [
     "CheckpointAborted",
     "CheckpointFailed",
@@ -120,7 +123,7 @@ class CheckpointFailed(PodmanError):
         container: the container that was being checkpointed.
     """
 
-    def __init__(self, message: str, *, container: str, **kw: object) -> None:
+    def __init__(self, message: str, *, container: str = "", **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.container = container
 
@@ -134,7 +137,7 @@ class RestoreFailed(PodmanError):
     """
 
     def __init__(
-        self, message: str, *, archive: str, service: str | None = None, **kw: object
+        self, message: str, *, archive: str = "", service: str | None = None, **kw: object
     ) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.archive = archive
@@ -173,7 +176,9 @@ class IntegrityError(StoreError):
         actual: the digest (or size) that was read.
     """
 
-    def __init__(self, message: str, *, key: str, expected: str, actual: str) -> None:
+    def __init__(
+        self, message: str, *, key: str | None = None, expected: str = "", actual: str = ""
+    ) -> None:
         super().__init__(message, key=key)
         self.expected = expected
         self.actual = actual
@@ -191,7 +196,9 @@ class ObjectTooLarge(StoreError):
         max_bytes: the limit it exceeded.
     """
 
-    def __init__(self, message: str, *, key: str, size_bytes: int, max_bytes: int) -> None:
+    def __init__(
+        self, message: str, *, key: str | None = None, size_bytes: int = 0, max_bytes: int = 0
+    ) -> None:
         super().__init__(message, key=key)
         self.size_bytes = size_bytes
         self.max_bytes = max_bytes

@@ -63,6 +63,29 @@ def node_queue(node: str) -> str:
     return f"podchord.node.{check_node(node)}"
 
 
+_MAX_DELIVERIES = 3
+
+
+def _guard_redelivery(task: Any) -> None:
+    """Fail a task delivered more than ``_MAX_DELIVERIES`` times instead of looping.
+
+    Late acks plus requeue-on-worker-lost redeliver a task whose worker died; a task that
+    kills its worker every time (say, out of memory) would otherwise be redelivered forever.
+    The count lives in the result backend's Redis, keyed by task id, and expires with results.
+    """
+    client = getattr(task.backend, "client", None)
+    if client is None:  # not a Redis backend: no guard
+        return
+    key = f"podchord:deliveries:{task.request.id}"
+    count = int(client.incr(key))
+    client.expire(key, 86400)
+    if count > _MAX_DELIVERIES:
+        raise PodchordError(
+            f"task {task.name}[{task.request.id}] was delivered {count} times "
+            "(its worker died each time); giving up"
+        )
+
+
 def _this_node(node: object) -> str:
     """Refuse a task routed to the wrong worker (it would talk to the wrong Podman)."""
     node = check_node(node)
@@ -154,6 +177,7 @@ def _start_checkpoint(
 @shared_task(name="podchord.checkpoint_service", bind=True)
 def checkpoint_service(self: Any, plan: Mapping[str, Any], service: Mapping[str, Any]) -> Any:
     """Checkpoint one service and upload its archive (header task of the chord)."""
+    _guard_redelivery(self)
     _this_node(plan["node"])
     rt = runtime()
     return ck.checkpoint_service(
@@ -166,9 +190,10 @@ def checkpoint_service(self: Any, plan: Mapping[str, Any], service: Mapping[str,
     )
 
 
-@shared_task(name="podchord.ship_image")
-def ship_image(plan: Mapping[str, Any], image_id: str, ref: str) -> Any:
+@shared_task(name="podchord.ship_image", bind=True)
+def ship_image(self: Any, plan: Mapping[str, Any], image_id: str, ref: str) -> Any:
     """Store one image the checkpoint needs (header task of the chord)."""
+    _guard_redelivery(self)
     _this_node(plan["node"])
     rt = runtime()
     return {"shipped_image": ck.ship_image(rt.libpod(), rt.store(), image_id, ref)}
