@@ -15,17 +15,13 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
+from .jobs import SHARED_QUEUE, node_queue
 from .names import check_node, check_project
 from .options import CheckpointJobOptions, MigrateOptions, RestoreJobOptions, decode_options
 
 __all__ = ["checkpoint", "migrate", "restore"]
 
-SHARED_QUEUE = "podchord"
 _GRACE_S = 2.0
-
-
-def _queue(node: str) -> str:
-    return f"podchord.node.{check_node(node)}"
 
 
 def checkpoint(
@@ -45,7 +41,7 @@ def restore(
     decode_options(RestoreJobOptions, options)
     return app.send_task(
         "podchord.restore_project", args=(checkpoint_ref, node, dict(options or {})),
-        queue=_queue(node),
+        queue=node_queue(node),
     )
 
 
@@ -66,10 +62,10 @@ def _send(
     deadline_s: float | None,
 ) -> AsyncResult:
     if deadline_s is None:
-        return app.send_task(name, args=args, queue=_queue(node))
+        return app.send_task(name, args=args, queue=node_queue(node))
     deadline = time.time() + deadline_s
     result = app.send_task(
-        name, args=args, queue=_queue(node), expires=datetime.fromtimestamp(deadline, UTC)
+        name, args=args, queue=node_queue(node), expires=datetime.fromtimestamp(deadline, UTC)
     )
     app.send_task(
         "podchord.checkpoint_deadline", args=(result.id, project, node), queue=SHARED_QUEUE,

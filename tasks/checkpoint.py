@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -117,17 +118,10 @@ def plan_checkpoint(
         }
         for c in sorted(containers, key=lambda c: c.service or c.name)
     ]
+    # Every SourceInfo field but the node name is a NodeInfo field of the same name.
     source = SourceInfo(
         node=node,
-        podman_version=info.podman_version,
-        runc_version=info.runc_version,
-        conmon_version=info.conmon_version,
-        criu_version=info.criu_version,
-        kernel=info.kernel,
-        arch=info.arch,
-        cgroup_version=info.cgroup_version,
-        cpu_model=info.cpu_model,
-        cpu_flags=info.cpu_flags,
+        **{f.name: getattr(info, f.name) for f in fields(SourceInfo) if f.name != "node"},
     )
     return {
         "checkpoint_id": checkpoint_id,
@@ -142,7 +136,7 @@ def plan_checkpoint(
             "file_locks": opts.file_locks,
             "compress": opts.compress,
         },
-        "source": _source_json(source),
+        "source": asdict(source),
         "networks": [lp.inspect_network(n).to_json() for n in networks],
         # Images the store already holds are recorded now; the others are shipped.
         "images": [{"id": i, "ref": ref} for i, ref in sorted(images.items()) if not stored[i]],
@@ -219,7 +213,7 @@ def checkpoint_service(
         checkpoint_started_at=started,
         checkpoint_ended_at=ended,
     )
-    doc = _service_json(record)
+    doc = asdict(record)
     store.put_stream(record_key, [json.dumps(doc).encode()])
     return doc
 
@@ -250,7 +244,7 @@ def ship_image(lp: Libpod, store: Store, image_id: str, ref: str) -> dict[str, A
     export_ref = next(iter(info.names), ref) or image_id
     with lp.export_image(export_ref) as chunks:
         result = store.put_stream(key, chunks)
-    doc = {"id": image_id, "names": list(info.names), "archive": _archive_json(_archive(result))}
+    doc = {"id": image_id, "names": list(info.names), "archive": asdict(_archive(result))}
     store.put_stream(record_key, [json.dumps(doc).encode()])
     return doc
 
@@ -471,40 +465,8 @@ def _drop_spool(spool_dir: Path, checkpoint_id: str) -> None:
 
 
 def _archive(result: PutResult) -> ArchiveRecord:
-    return ArchiveRecord(
-        key=result.key,
-        size_bytes=result.size_bytes,
-        sha256=result.sha256,
-        raw_size_bytes=result.raw_size_bytes,
-        raw_sha256=result.raw_sha256,
-        compression=result.compression,
-    )
-
-
-def _archive_json(a: ArchiveRecord) -> dict[str, Any]:
-    return {
-        "key": a.key,
-        "size_bytes": a.size_bytes,
-        "sha256": a.sha256,
-        "raw_size_bytes": a.raw_size_bytes,
-        "raw_sha256": a.raw_sha256,
-        "compression": a.compression,
-    }
-
-
-def _service_json(r: ServiceRecord) -> dict[str, Any]:
-    return {
-        "name": r.name,
-        "container": r.container,
-        "container_id": r.container_id,
-        "image": r.image,
-        "image_id": r.image_id,
-        "labels": dict(r.labels),
-        "networks": list(r.networks),
-        "archive": _archive_json(r.archive),
-        "checkpoint_started_at": r.checkpoint_started_at,
-        "checkpoint_ended_at": r.checkpoint_ended_at,
-    }
+    # A stored object's record is exactly what the store reported for it.
+    return ArchiveRecord(**asdict(result))
 
 
 def _service_record(doc: Mapping[str, Any]) -> ServiceRecord:
@@ -517,18 +479,3 @@ def _image_record(doc: Mapping[str, Any]) -> ImageRecord:
     return ImageRecord(
         id=doc["id"], names=tuple(doc["names"]), archive=ArchiveRecord(**doc["archive"])
     )
-
-
-def _source_json(s: SourceInfo) -> dict[str, Any]:
-    return {
-        "node": s.node,
-        "podman_version": s.podman_version,
-        "runc_version": s.runc_version,
-        "conmon_version": s.conmon_version,
-        "criu_version": s.criu_version,
-        "kernel": s.kernel,
-        "arch": s.arch,
-        "cgroup_version": s.cgroup_version,
-        "cpu_model": s.cpu_model,
-        "cpu_flags": list(s.cpu_flags),
-    }

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.libpod import Libpod
+
 REPO = Path(__file__).resolve().parent.parent
 TESTBED = REPO / "scripts" / "testbed"
 
@@ -96,6 +98,20 @@ def testbed() -> Iterator[Testbed]:
                 os.environ[k] = v
         if started_here:
             subprocess.run([TESTBED, "down"], capture_output=True, text=True)
+
+
+@pytest.fixture
+def node_a(testbed) -> Iterator[Libpod]:
+    """A libpod client on node a."""
+    with Libpod.from_socket(testbed.socket("a")) as lp:
+        yield lp
+
+
+@pytest.fixture
+def node_b(testbed) -> Iterator[Libpod]:
+    """A libpod client on node b."""
+    with Libpod.from_socket(testbed.socket("b")) as lp:
+        yield lp
 
 
 @dataclass

@@ -13,23 +13,10 @@ import pytest
 
 from tasks import api
 from tasks.errors import CheckpointAborted, PodmanNotFound
-from tasks.libpod import Libpod
 from tasks.store import open_store
 from workers.sample import SampleProject, create_sample, read_counter, remove_sample
 
 pytestmark = pytest.mark.podman
-
-
-@pytest.fixture
-def node_a(testbed) -> Iterator[Libpod]:
-    with Libpod.from_socket(testbed.socket("a")) as lp:
-        yield lp
-
-
-@pytest.fixture
-def node_b(testbed) -> Iterator[Libpod]:
-    with Libpod.from_socket(testbed.socket("b")) as lp:
-        yield lp
 
 
 @pytest.fixture

@@ -92,18 +92,6 @@ def uid(request: pytest.FixtureRequest) -> str:
     return f"{short}-{secrets.token_hex(3)}"
 
 
-@pytest.fixture
-def node_a(testbed) -> Iterator[Libpod]:
-    with Libpod.from_socket(testbed.socket("a")) as lp:
-        yield lp
-
-
-@pytest.fixture
-def node_b(testbed) -> Iterator[Libpod]:
-    with Libpod.from_socket(testbed.socket("b")) as lp:
-        yield lp
-
-
 def run_counter(lp: Libpod, cleanup: Cleanup, name: str, image: str, **extra) -> None:
     spec = {"name": cleanup.container(lp, name), "image": image, "command": ["sh", "-c", COUNTER]}
     spec.update(extra)

@@ -33,18 +33,6 @@ RESTORE_TIMEOUT_S = 240
 COLD_START_MARGIN = 100
 
 
-@pytest.fixture
-def node_a(testbed) -> Iterator[Libpod]:
-    with Libpod.from_socket(testbed.socket("a")) as lp:
-        yield lp
-
-
-@pytest.fixture
-def node_b(testbed) -> Iterator[Libpod]:
-    with Libpod.from_socket(testbed.socket("b")) as lp:
-        yield lp
-
-
 def s3(testbed):
     return boto3.client("s3", endpoint_url=testbed.s3_endpoint)
 

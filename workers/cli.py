@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tasks.errors import InvalidInput, PodchordError
-from tasks.jobs import node_queue
+from tasks.jobs import SHARED_QUEUE, node_queue
 from tasks.names import check_node, check_project
 
 __all__ = ["main"]
@@ -110,7 +110,7 @@ def _worker(args: argparse.Namespace) -> int:
     Settings.from_env(env)  # fail here, with the variable's name, not inside Celery
     argv = [
         sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-        "-Q", f"podchord,{node_queue(node)}", "-n", f"{node}@%h",
+        "-Q", f"{SHARED_QUEUE},{node_queue(node)}", "-n", f"{node}@%h",
         "--concurrency", str(args.concurrency), "--loglevel", args.loglevel, "-E",
     ]
     os.execvpe(sys.executable, argv, env)
