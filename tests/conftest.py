@@ -128,7 +128,7 @@ class Stack:
 def stack(testbed, tmp_path_factory) -> Iterator[Stack]:
     import secrets
 
-    from tests.stack import client_app, make_bucket, start_worker
+    from tests.stack import claim_db_pair, client_app, make_bucket, release_db_pair, start_worker
     from workers.launch import wait_ready
 
     bucket = f"podchord-test-{secrets.token_hex(4)}"
@@ -138,13 +138,16 @@ def stack(testbed, tmp_path_factory) -> Iterator[Stack]:
     # A Redis database of its own per test session, so that two sessions' workers never
     # take each other's tasks.
     base = testbed.broker_url.rsplit("/", 1)[0]
-    db = secrets.randbelow(7) * 2 + 2
+    db = claim_db_pair(base)
     urls = {"PODCHORD_BROKER_URL": f"{base}/{db}", "PODCHORD_RESULT_BACKEND": f"{base}/{db + 1}"}
-    workers = {n: start_worker(testbed, n, store_url, tmp, extra=urls) for n in testbed.nodes}
-    app = client_app(store_url, urls["PODCHORD_BROKER_URL"], urls["PODCHORD_RESULT_BACKEND"])
+    workers: dict[str, object] = {}
     try:
+        for n in testbed.nodes:
+            workers[n] = start_worker(testbed, n, store_url, tmp, extra=urls)
+        app = client_app(store_url, urls["PODCHORD_BROKER_URL"], urls["PODCHORD_RESULT_BACKEND"])
         wait_ready(app, list(workers.values()))
         yield Stack(app=app, store_url=store_url, bucket=bucket, workers=workers)
     finally:
         for w in workers.values():
-            w.stop()
+            w.stop()  # type: ignore[attr-defined]
+        release_db_pair(base, db)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import boto3
+import redis
 
 from tasks.settings import Settings
 from workers.app import create_app
@@ -25,3 +27,34 @@ def start_worker(testbed, node: str, store_url: str, tmp: Path, concurrency: int
 def client_app(store_url: str, broker_url: str, result_backend: str):
     return create_app(Settings(broker_url=broker_url, result_backend=result_backend,
                                store_url=store_url))
+
+
+# Database 0/1 are the test bed's defaults; sessions claim pairs (2k, 2k+1) above them.
+_DB_PAIRS = range(2, 64, 2)
+_CLAIM_TTL_S = 3 * 3600  # outlives any session; a crashed session's claim expires on its own
+
+
+def claim_db_pair(redis_base: str) -> int:
+    """Claim a free (broker, result) database pair so concurrent test sessions never share one.
+
+    The claim is a SET NX in database 0, keyed by the pair and holding this pid: two sessions
+    (parallel worktrees, a developer next to CI) cannot both win it.
+    """
+    r = redis.Redis.from_url(f"{redis_base}/0")
+    try:
+        for db in _DB_PAIRS:
+            if r.set(f"podchord-test:db-claim:{db}", os.getpid(), nx=True, ex=_CLAIM_TTL_S):
+                for n in (db, db + 1):
+                    redis.Redis.from_url(f"{redis_base}/{n}").flushdb()
+                return db
+    finally:
+        r.close()
+    raise RuntimeError("no free Redis database pair for this test session (all 31 claimed)")
+
+
+def release_db_pair(redis_base: str, db: int) -> None:
+    r = redis.Redis.from_url(f"{redis_base}/0")
+    try:
+        r.delete(f"podchord-test:db-claim:{db}")
+    finally:
+        r.close()
