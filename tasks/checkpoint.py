@@ -30,6 +30,7 @@ from typing import Any
 from .errors import (
     DeadlineExceeded,
     IntegrityError,
+    ManifestExists,
     ObjectNotFound,
     PodchordError,
     PodmanNotFound,
@@ -190,10 +191,15 @@ def checkpoint_service(
         # A previous delivery dumped the container but did not finish the upload.
         result = _upload_file(store, key, spool, opts["compress"], plan, progress)
     else:
+        if eviction:
+            _revive_if_dumped(lp, service["container"], opts["tcp_established"])
         copts = CheckpointOptions(
             leave_running=opts["leave_running"],
             tcp_established=opts["tcp_established"],
             file_locks=opts["file_locks"],
+            # Podman stops the container once dumped; if its export stream then breaks, the
+            # kept CRIU images are the only copy of its memory (rollback restores from them).
+            keep=eviction,
         )
         with lp.checkpoint_export(service["container"], copts) as chunks:
             if spool is None:
@@ -216,6 +222,42 @@ def checkpoint_service(
     doc = asdict(record)
     store.put_stream(record_key, [json.dumps(doc).encode()])
     return doc
+
+
+def _revive_if_dumped(lp: Libpod, container: str, tcp_established: bool) -> None:
+    """Bring back a container an earlier delivery dumped without a complete spool file.
+
+    The plan saw it running; "exited" now means a killed delivery's export stopped it. Its
+    kept checkpoint restores it, and this delivery checkpoints it again from the start.
+    """
+    if lp.container_state(container) != "exited":
+        return
+    log.warning("%s was dumped by an earlier delivery: restoring its kept checkpoint", container)
+    lp.restore_kept(container, tcp_established=tcp_established)
+    lp.wait_state(container, ("running",), timeout_s=60)
+
+
+def drop_husks(lp: Libpod, plan: Mapping[str, Any]) -> list[str]:
+    """After an eviction commit, remove the source's dumped containers (volumes stay).
+
+    The committed archives are the durable copy; each husk would keep its CRIU images (as
+    large as its memory) on the source's disk until removed.
+
+    Returns:
+        The containers removed.
+    """
+    removed = []
+    for service in plan["services"]:
+        name = service["container"]
+        try:
+            if lp.container_state(name) in ("running", "paused"):
+                continue  # restored meanwhile (never remove a live workload)
+            lp.remove(name, force=True, volumes=False)
+        except PodchordError as exc:
+            log.warning("could not remove the dumped %s: %s", name, exc)
+            continue
+        removed.append(name)
+    return removed
 
 
 def _stored_image(store: Store, image_id: str) -> dict[str, Any] | None:
@@ -256,12 +298,16 @@ def commit_manifest(
     images: Iterable[Mapping[str, Any]],
     *,
     spool_dir: Path | None = None,
+    claim: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Verify every archive object and write the manifest (conditional put).
 
+    ``claim``, if given, runs after the verification and right before the put; it raises to
+    stop the commit (the deadline watchdog decided to abort first).
+
     Raises:
         IntegrityError / ObjectNotFound: an archive is missing or has the wrong size.
-        ManifestExists: this checkpoint was already committed.
+        ManifestExists: a different manifest is committed under this checkpoint id.
         DeadlineExceeded: past the deadline; nothing is written.
     """
     _check_deadline(plan)
@@ -291,7 +337,17 @@ def commit_manifest(
         services=tuple(_service_record(s) for s in svc),
     )
     key = store.layout.manifest(plan["project"], plan["checkpoint_id"])
-    store.put_manifest(key, manifest.dumps())
+    if claim is not None:
+        claim()
+    try:
+        store.put_manifest(key, manifest.dumps())
+    except ManifestExists:
+        # A redelivered commit whose first run put the manifest and died before reporting:
+        # the same archives mean the same checkpoint, committed once.
+        if not _same_archives(store.read_manifest(plan["project"], plan["checkpoint_id"]),
+                              manifest):
+            raise
+        log.warning("manifest %s was already committed by an earlier delivery", key)
     if spool_dir is not None:
         _drop_spool(spool_dir, plan["checkpoint_id"])
     starts = [s["checkpoint_started_at"] for s in svc]
@@ -306,6 +362,15 @@ def commit_manifest(
         "cut_skew_s": (max(starts) - min(starts)) if starts else 0.0,
         "duration_s": manifest.committed_at - plan["created_at"],
     }
+
+
+def _same_archives(stored: bytes, manifest: Manifest) -> bool:
+    try:
+        doc = json.loads(stored)
+        keys = {(s["archive"]["key"], s["archive"]["sha256"]) for s in doc["services"]}
+    except (ValueError, KeyError, TypeError):
+        return False
+    return keys == {(s.archive.key, s.archive.sha256) for s in manifest.services}
 
 
 def abort_checkpoint(
@@ -366,16 +431,22 @@ def _roll_back(
     if state in ("running", "paused"):
         return ""  # never dumped: it kept running
     spool = spool_path(spool_dir, plan["checkpoint_id"], service["service"])
+    tcp = plan["options"]["tcp_established"]
     if not spool.exists():
-        return f"container is {state} and no complete spool file exists"
+        if state == "missing":
+            return "container is gone and no complete spool file exists"
+        try:  # the export broke half-way: the kept CRIU images are the only copy
+            lp.restore_kept(name, tcp_established=tcp)
+            lp.wait_state(name, ("running",), timeout_s=60)
+        except PodchordError as exc:
+            return f"container is {state}, no complete spool file, kept checkpoint: {exc}"
+        return None
     try:
         if state != "missing":
             lp.remove(name, force=True, volumes=False)  # the dumped husk; volumes stay
         lp.restore(
             spool,
-            RestoreOptions(
-                tcp_established=plan["options"]["tcp_established"], ignore_volumes=True
-            ),
+            RestoreOptions(tcp_established=tcp, ignore_volumes=True),
         )
         lp.wait_state(name, ("running",), timeout_s=60)
     except PodchordError as exc:

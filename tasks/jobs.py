@@ -7,18 +7,22 @@ node's queue (:func:`node_queue`); the rest run on the shared queue.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from celery import chord, shared_task
+from celery import chord, group, shared_task
 from celery.exceptions import Ignore
 from celery.result import AsyncResult
+from celery.states import READY_STATES
 
 from . import checkpoint as ck
 from . import restore as rs
+from .coord import Coordinator, coordinator
 from .errors import (
     CheckpointAborted,
     DeadlineExceeded,
@@ -66,8 +70,8 @@ def node_queue(node: str) -> str:
 _MAX_DELIVERIES = 3
 
 
-def _guard_redelivery(task: Any) -> None:
-    """Fail a task delivered more than ``_MAX_DELIVERIES`` times instead of looping.
+def _guard_redelivery(task: Any) -> int:
+    """Count this delivery; fail a task delivered more than ``_MAX_DELIVERIES`` times.
 
     Late acks plus requeue-on-worker-lost redeliver a task whose worker died; a task that
     kills its worker every time (say, out of memory) would otherwise be redelivered forever.
@@ -75,7 +79,7 @@ def _guard_redelivery(task: Any) -> None:
     """
     client = getattr(task.backend, "client", None)
     if client is None:  # not a Redis backend: no guard
-        return
+        return 1
     key = f"podchord:deliveries:{task.request.id}"
     count = int(client.incr(key))
     client.expire(key, 86400)
@@ -84,6 +88,7 @@ def _guard_redelivery(task: Any) -> None:
             f"task {task.name}[{task.request.id}] was delivered {count} times "
             "(its worker died each time); giving up"
         )
+    return count
 
 
 def _this_node(node: object) -> str:
@@ -132,6 +137,11 @@ def checkpoint_project(
     _start_checkpoint(self, check_project(project), _this_node(node), opts, then=None)
 
 
+def _part_id(outer_task_id: str, part: str) -> str:
+    """A chord member's task id, derived from the outer task id so a relaunch reuses it."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"podchord:{outer_task_id}:{part}"))
+
+
 def _start_checkpoint(
     task: Any,
     project: str,
@@ -139,11 +149,28 @@ def _start_checkpoint(
     opts: CheckpointJobOptions,
     then: Mapping[str, Any] | None,
 ) -> None:
-    """Plan, launch the chord, arm the deadline watchdog; raise Ignore (result comes later)."""
+    """Plan, launch the chord, arm the deadline watchdog; raise Ignore (result comes later).
+
+    Redelivery-safe: the plan is recorded under this task's id before anything is sent, and
+    every chord member's task id derives from it. A delivery that finds a recorded plan (the
+    first one died part-way through launching) sends the same chord again: Celery counts each
+    header task id once, and the header tasks return their stored record when they already
+    ran, so nothing is checkpointed twice and no second checkpoint strands the first.
+    """
     rt = runtime()
-    plan = ck.plan_checkpoint(rt.libpod(), rt.store(), project, node, opts)
-    plan["outer_task_id"] = task.request.id
-    plan["then"] = then
+    outer = task.request.id
+    if AsyncResult(outer, app=task.app).state in READY_STATES:
+        raise Ignore()  # a redelivery after the chord already finished
+    coord = coordinator(task.backend)
+    plan = None if coord is None else coord.recorded_plan(outer)
+    if plan is None:
+        plan = ck.plan_checkpoint(rt.libpod(), rt.store(), project, node, opts)
+        plan["outer_task_id"] = outer
+        plan["then"] = then
+        if coord is not None:
+            plan = coord.plan_once(outer, plan)
+    else:
+        log.warning("redelivered %s: relaunching checkpoint %s", outer, plan["checkpoint_id"])
     task.update_state(
         state="PROGRESS", meta={"checkpoint_id": plan["checkpoint_id"], "phase": "checkpoint"}
     )
@@ -154,21 +181,28 @@ def _start_checkpoint(
         else datetime.fromtimestamp(plan["deadline_at"], UTC)
     )
     header = [
-        checkpoint_service.si(plan, svc).set(queue=queue, expires=expires)
+        checkpoint_service.si(plan, svc).set(
+            queue=queue, expires=expires, task_id=_part_id(outer, f"service:{svc['service']}")
+        )
         for svc in plan["services"]
     ] + [
-        ship_image.si(plan, img["id"], img["ref"]).set(queue=queue, expires=expires)
+        ship_image.si(plan, img["id"], img["ref"]).set(
+            queue=queue, expires=expires, task_id=_part_id(outer, f"image:{img['id']}")
+        )
         for img in plan["images"]
     ]
     body = commit_manifest.s(plan).set(queue=queue)
     body = body.on_error(abort_checkpoint.s(plan=plan).set(queue=queue))
     if expires is not None:
         checkpoint_deadline.apply_async(
-            (task.request.id, project, node, plan["checkpoint_id"]),
+            (outer, project, node, plan["checkpoint_id"]),
             queue=SHARED_QUEUE,
             eta=datetime.fromtimestamp(plan["deadline_at"] + _WATCHDOG_GRACE_S, UTC),
+            task_id=_part_id(outer, "deadline"),
         )
-    chord(header)(body)
+    chord(group(header, task_id=_part_id(outer, "header")), body).apply_async(
+        task_id=_part_id(outer, "commit")
+    )
     # The final state is written by commit/abort/restore; Ignore keeps Celery from
     # overwriting this task's PROGRESS state with a premature SUCCESS.
     raise Ignore()
@@ -180,14 +214,32 @@ def checkpoint_service(self: Any, plan: Mapping[str, Any], service: Mapping[str,
     _guard_redelivery(self)
     _this_node(plan["node"])
     rt = runtime()
-    return ck.checkpoint_service(
-        rt.libpod(),
-        rt.store(),
-        plan,
-        service,
-        spool_dir=rt.settings.spool_dir,
-        progress=_progress(self, service["service"]),
-    )
+    with _lease(self, plan, f"{plan['checkpoint_id']}:{service['service']}"):
+        return ck.checkpoint_service(
+            rt.libpod(),
+            rt.store(),
+            plan,
+            service,
+            spool_dir=rt.settings.spool_dir,
+            progress=_progress(self, service["service"]),
+        )
+
+
+@contextlib.contextmanager
+def _lease(task: Any, plan: Mapping[str, Any], name: str) -> Any:
+    """Run one header task's body at a time (a duplicate delivery waits, then finds the
+    stored record); without Redis, no lease."""
+    coord = coordinator(task.backend)
+    if coord is None:
+        yield
+        return
+    deadline = plan.get("deadline_at")
+    wait_s = runtime().settings.task_timeout_s if deadline is None else deadline - time.time()
+    try:
+        with coord.lease(name, wait_s=max(0.0, wait_s)):
+            yield
+    except TimeoutError as exc:
+        raise DeadlineExceeded(f"checkpoint {name}: {exc}") from exc
 
 
 @shared_task(name="podchord.ship_image", bind=True)
@@ -205,9 +257,13 @@ def commit_manifest(results: list[Mapping[str, Any]], plan: Mapping[str, Any]) -
     rt = runtime()
     services = [r for r in results if "shipped_image" not in r]
     images = [r["shipped_image"] for r in results if "shipped_image" in r]
+    coord = coordinator(commit_manifest.backend)
     summary = ck.commit_manifest(
-        rt.store(), plan, services, images, spool_dir=rt.settings.spool_dir
+        rt.store(), plan, services, images, spool_dir=rt.settings.spool_dir,
+        claim=None if coord is None else lambda: _claim_commit(coord, plan),
     )
+    if plan["mode"] == "eviction" and rt.settings.node == plan["node"]:
+        summary["source_removed"] = ck.drop_husks(rt.libpod(), plan)
     then = plan.get("then")
     if then is None:
         commit_manifest.backend.mark_as_done(plan["outer_task_id"], summary)
@@ -217,6 +273,14 @@ def commit_manifest(results: list[Mapping[str, Any]], plan: Mapping[str, Any]) -
             queue=node_queue(then["target"]),
         )
     return summary
+
+
+def _claim_commit(coord: Coordinator, plan: Mapping[str, Any]) -> None:
+    if coord.decide(plan["checkpoint_id"], "commit") == "abort":
+        raise DeadlineExceeded(
+            f"checkpoint {plan['checkpoint_id']} of {plan['project']} was aborted by its "
+            "deadline watchdog before it could commit"
+        )
 
 
 @shared_task(name="podchord.abort_checkpoint")
@@ -258,6 +322,11 @@ def checkpoint_deadline(
     summary: dict[str, Any] = {"task_id": task_id, "project": project, "node": node}
     store = runtime().store()
     if checkpoint_id is not None:
+        coord = coordinator(checkpoint_deadline.backend)
+        # A commit that claimed the checkpoint first finishes or fails on its own (and its
+        # failure runs the abort, with rollback, on the node); never delete under it.
+        if coord is not None and coord.decide(checkpoint_id, "abort") == "commit":
+            return {**summary, "committed": True}
         if store.exists(store.layout.manifest(project, checkpoint_id)):
             return {**summary, "committed": True}
         plan = {"project": project, "checkpoint_id": checkpoint_id, "node": node,
@@ -280,6 +349,7 @@ def restore_project(
     """Restore a committed checkpoint (``PROJECT/CHECKPOINT_ID`` or ``PROJECT`` = newest)."""
     opts = decode_options(RestoreJobOptions, options)
     node = _this_node(node)
+    deliveries = _guard_redelivery(self)
     rt = runtime()
 
     def phase(name: str) -> None:
@@ -287,7 +357,7 @@ def restore_project(
 
     return rs.restore_project(
         rt.libpod(), rt.store(), checkpoint, node, opts,
-        spool_dir=rt.settings.spool_dir, on_phase=phase,
+        spool_dir=rt.settings.spool_dir, on_phase=phase, redelivered=deliveries > 1,
     )
 
 
@@ -314,8 +384,9 @@ def migrate(
     )
 
 
-@shared_task(name="podchord.restore_after_checkpoint")
+@shared_task(name="podchord.restore_after_checkpoint", bind=True)
 def restore_after_checkpoint(
+    self: Any,
     committed: Mapping[str, Any],
     node: str,
     options: Mapping[str, Any] | None,
@@ -329,12 +400,14 @@ def restore_after_checkpoint(
     """
     opts = decode_options(RestoreJobOptions, options)
     node = _this_node(node)
+    deliveries = _guard_redelivery(self)
     rt = runtime()
     backend = restore_after_checkpoint.backend
     ref = f"{committed['project']}/{committed['checkpoint_id']}"
     try:
         restored = rs.restore_project(
-            rt.libpod(), rt.store(), ref, node, opts, spool_dir=rt.settings.spool_dir
+            rt.libpod(), rt.store(), ref, node, opts, spool_dir=rt.settings.spool_dir,
+            redelivered=deliveries > 1,
         )
     except PodchordError as exc:
         fallback = restore_project.apply_async(

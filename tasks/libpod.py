@@ -340,6 +340,31 @@ class Libpod(ImagesAndNetworks):
             podman_message=message,
         )
 
+    def restore_kept(self, name: str, *, tcp_established: bool = False) -> None:
+        """Restore ``name`` in place from the CRIU images a ``keep`` checkpoint left.
+
+        This is the rollback when an eviction's exported stream broke: the container is
+        dumped and stopped, no complete archive exists anywhere, but its checkpoint does.
+
+        Raises:
+            RestoreFailed: no kept checkpoint, or Podman failed the restore.
+        """
+        check_name(name, "container name")
+        params = {"keep": "true"}
+        if tcp_established:
+            params["tcpEstablished"] = "true"
+        response = self._send("POST", self._url("/containers/{}/restore", name), params=params)
+        if response.status_code != 200:
+            cause, message, text = wire.error_fields(response)
+            raise RestoreFailed(
+                f"restore of {name} from its kept checkpoint failed: "
+                f"HTTP {response.status_code}: {text}",
+                archive=f"kept checkpoint of {name}",
+                status=response.status_code,
+                cause=cause,
+                podman_message=message,
+            )
+
     def _container_ids(self) -> set[str]:
         rows = self._json(
             "GET", self._url("/containers/json"), "list containers", params={"all": "true"}

@@ -111,12 +111,16 @@ class CheckpointOptions:
         tcp_established: dump established TCP connections [tcpEstablished].
         file_locks: dump file locks [fileLocks].
         ignore_rootfs: leave root file-system changes out of the archive [ignoreRootFS].
+        keep: keep CRIU's images in the container's storage after the export [keep], so
+            the container can be restored in place (:meth:`Libpod.restore_kept`) even when
+            the exported stream was lost half-way.
     """
 
     leave_running: bool = False
     tcp_established: bool = False
     file_locks: bool = False
     ignore_rootfs: bool = False
+    keep: bool = False
 
     def to_params(self) -> dict[str, str]:
         """Return libpod's query parameters for an exported checkpoint."""
@@ -127,6 +131,7 @@ class CheckpointOptions:
                 tcpEstablished=self.tcp_established,
                 fileLocks=self.file_locks,
                 ignoreRootFS=self.ignore_rootfs,
+                keep=self.keep,
             )
         )
         return params

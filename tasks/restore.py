@@ -98,8 +98,14 @@ def restore_project(
     *,
     spool_dir: Path,
     on_phase: Phase | None = None,
+    redelivered: bool = False,
 ) -> dict[str, Any]:
     """Restore every service of a committed checkpoint on this node.
+
+    ``redelivered`` says an earlier delivery of this same restore died part-way: a running
+    container that carries the checkpoint's own container id is then its work and is adopted
+    (counted as restored, removed again on failure) rather than refused as a conflict —
+    refusing would send a migration back to its source while it also runs here.
 
     Returns:
         checkpoint id, node, per service the new container id and state, the primary
@@ -117,7 +123,7 @@ def restore_project(
     spool = private_dir(Path(spool_dir) / f"restore-{manifest.checkpoint_id}-{time.time_ns()}")
     try:
         with undo.timed("preflight", on_phase):
-            _preflight(lp, manifest, opts, undo)
+            adopted = _preflight(lp, manifest, opts, undo, redelivered=redelivered)
         with undo.timed("download", on_phase):
             archives = {
                 s.name: _download(store, s.archive, spool / f"{s.name}.tar", undo)
@@ -131,7 +137,9 @@ def restore_project(
             with undo.timed("networks", on_phase):
                 ignore_static = _ensure_networks(lp, manifest, undo)
             with undo.timed("restore", on_phase):
-                services = _restore_services(lp, manifest, archives, opts, ignore_static, undo)
+                services = _restore_services(
+                    lp, manifest, archives, opts, ignore_static, undo, adopted
+                )
         except PodchordError:
             _roll_back(lp, undo)
             raise
@@ -150,7 +158,10 @@ def restore_project(
     }
 
 
-def _preflight(lp: Libpod, manifest: Manifest, opts: RestoreJobOptions, undo: _Undo) -> None:
+def _preflight(
+    lp: Libpod, manifest: Manifest, opts: RestoreJobOptions, undo: _Undo, *, redelivered: bool
+) -> set[str]:
+    """Check the node can take the checkpoint; return the services to adopt as restored."""
     lp.ping()
     info = lp.info()
     missing = sorted(set(manifest.source.cpu_flags) - set(info.cpu_flags))
@@ -165,16 +176,25 @@ def _preflight(lp: Libpod, manifest: Manifest, opts: RestoreJobOptions, undo: _U
     if manifest.source.kernel and info.kernel and manifest.source.kernel != info.kernel:
         undo.notes.append(f"kernel differs: source {manifest.source.kernel}, here {info.kernel}")
     # Replace-guard, checked for every service before anything is changed.
+    adopted: set[str] = set()
     for svc in manifest.services:
         try:
             state = lp.container_state(svc.container)
         except PodmanNotFound:
             continue
-        if state in ("running", "paused"):
-            raise PodmanConflict(
-                f"container {svc.container} is {state} on this node; nothing was changed "
-                "(stop it, or restore elsewhere)"
-            )
+        if state not in ("running", "paused"):
+            continue
+        live_id = lp.inspect_container(svc.container).get("Id")
+        if redelivered and state == "running" and live_id == svc.container_id:
+            adopted.add(svc.name)
+            undo.containers.append(svc.container)
+            undo.notes.append(f"adopted {svc.container}, restored by an earlier delivery")
+            continue
+        raise PodmanConflict(
+            f"container {svc.container} is {state} on this node; nothing was changed "
+            "(stop it, or restore elsewhere)"
+        )
+    return adopted
 
 
 def _download(store: Store, arch: ArchiveRecord, dest: Path, undo: _Undo) -> Path:
@@ -228,6 +248,7 @@ def _restore_services(
     opts: RestoreJobOptions,
     ignore_static: bool,
     undo: _Undo,
+    adopted: set[str],
 ) -> dict[str, Any]:
     base = RestoreOptions(
         tcp_established=opts.tcp_established,
@@ -237,6 +258,10 @@ def _restore_services(
     )
     out: dict[str, Any] = {}
     for svc in sorted(manifest.services, key=lambda s: s.name):
+        if svc.name in adopted:
+            out[svc.name] = {"container": svc.container, "id": svc.container_id,
+                             "state": "running"}
+            continue
         with contextlib.suppress(PodmanNotFound):
             lp.container_state(svc.container)
             lp.remove(svc.container, force=True, volumes=False)  # stopped husk; volumes kept
