@@ -236,5 +236,10 @@ class MigrationFailed(PodchordError):
     """
 
     def __init__(self, message: str, fallback_task_id: str | None = None) -> None:
-        super().__init__(message)
+        # Both in args: Celery rebuilds a remote error as cls(*args), so the caller gets the
+        # fallback's task id too, not only the message.
+        super().__init__(message, fallback_task_id)
         self.fallback_task_id = fallback_task_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])

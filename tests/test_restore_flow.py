@@ -367,3 +367,91 @@ def test_in_place_restore_after_eviction(stack, testbed, node_a, node_b):
     finally:
         remove_sample(node_a, sample)
         remove_sample(node_b, sample)
+
+
+def test_missing_cpu_flags_refuse_the_restore_unless_forced(stack, testbed, backup, node_b):
+    # Both nodes share one CPU, so the source's flags are edited to hold one this CPU lacks.
+    sample = backup.sample
+
+    def add_flag(doc: dict[str, Any]) -> None:
+        doc["source"]["cpu_flags"] = [*doc["source"]["cpu_flags"], "podchord_no_such_flag"]
+
+    cid = clone_checkpoint(stack, testbed, backup, edit_manifest=add_flag)
+    ref = f"{sample.project}/{cid}"
+    try:
+        exc = restore_error(stack, ref, "b")
+        assert "podchord_no_such_flag" in str(exc), str(exc)
+        assert "force_cpu" in str(exc), str(exc)
+        assert_remote_type(exc, "RestoreFailed")
+        assert_untouched(node_b, sample)
+        result = api.restore(stack.app, ref, "b", {"force_cpu": True}).get(
+            timeout=RESTORE_TIMEOUT_S
+        )
+        assert any("podchord_no_such_flag" in n for n in result["notes"]), result["notes"]
+        for name in sample.containers.values():
+            assert node_b.container_state(name) == "running"
+    finally:
+        remove_sample(node_b, sample)
+
+
+def test_a_taken_subnet_moves_the_network_and_dns_still_works(stack, testbed, backup, node_b):
+    from tasks.libpod_types import NetworkDef
+
+    sample = backup.sample
+    recorded = backup.manifest["networks"][0]
+    assert recorded["subnets"], recorded
+    squatter = f"sq{secrets.token_hex(4)}"
+    node_b.create_network(NetworkDef.from_json({**recorded, "name": squatter}))
+    cid = clone_checkpoint(stack, testbed, backup)
+    try:
+        result = api.restore(stack.app, f"{sample.project}/{cid}", "b").get(
+            timeout=RESTORE_TIMEOUT_S
+        )
+        assert any("another subnet" in n for n in result["notes"]), result["notes"]
+        moved = node_b.inspect_network(sample.network)
+        assert [s.subnet for s in moved.subnets] != [s["subnet"] for s in recorded["subnets"]]
+        client = sample.containers["client"]
+        ok_before = read_counter(node_b, client, "/tmp/ok")
+        deadline = time.monotonic() + 20
+        while read_counter(node_b, client, "/tmp/ok") <= ok_before:
+            assert time.monotonic() < deadline, "client cannot reach web by name after the move"
+            time.sleep(0.3)
+    finally:
+        remove_sample(node_b, sample)
+        node_b.remove_network(squatter, force=True)
+
+
+def test_failed_migration_restore_falls_back_to_the_source(stack, testbed, node_a, node_b):
+    project = f"f{secrets.token_hex(4)}"
+    sample = create_sample(node_a, project, testbed.image)
+    blocker = sample.containers["web"]
+    try:
+        c = sample.containers
+        wait_counter(node_a, c["web"], COLD_START_MARGIN)
+        before = {svc: read_counter(node_a, c[svc]) for svc in ("db", "web")}
+        # A running container on b under a service's name: the target restore must refuse.
+        node_b.create_container({"name": blocker, "image": testbed.image,
+                                 "command": ["sleep", "600"]})
+        node_b.start(blocker)
+        result = api.migrate(stack.app, project, "a", "b")
+        from tasks.errors import MigrationFailed
+
+        with pytest.raises(MigrationFailed) as info:
+            result.get(timeout=RESTORE_TIMEOUT_S)
+        assert_remote_type(info.value, "MigrationFailed")
+        assert "restoring it back on a" in str(info.value), str(info.value)
+        fallback = stack.app.AsyncResult(info.value.fallback_task_id)
+        back = fallback.get(timeout=RESTORE_TIMEOUT_S)
+        assert back["node"] == "a"
+        for svc, name in c.items():
+            assert node_a.container_state(name) == "running", svc
+        for svc in ("db", "web"):
+            assert read_counter(node_a, c[svc]) >= before[svc] >= COLD_START_MARGIN, svc
+        # b kept its own container and got nothing of the project.
+        assert node_b.container_state(blocker) == "running"
+        for svc in ("db", "client"):
+            with pytest.raises(PodmanNotFound):
+                node_b.container_state(c[svc])
+    finally:
+        remove_sample(node_a, sample)
+        remove_sample(node_b, sample)
