@@ -7,11 +7,12 @@ verified checkpoint":
    service, a container not running) and records networks, images and the source node.
 2. :func:`checkpoint_service` (one per service, in parallel) streams libpod's export into the
    store; in eviction mode it also tees the archive into a 0600 spool file, so an upload can
-   be retried and the service brought back without a second dump.
+   be retried and the service brought back without a second dump. A backup is a stop-dump
+   too, resumed in place as soon as Podman's archive is whole (see :func:`checkpoint_service`).
 3. :func:`ship_image` stores each image the store does not have yet, content-addressed.
 4. :func:`commit_manifest` verifies every object and writes the manifest with a conditional put.
 5. On any failure :func:`abort_checkpoint` deletes this checkpoint's objects and open uploads
-   and, in eviction mode, restores the stopped services on the source from their spool files.
+   and restores every stopped service on the source, from its spool file or its kept images.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import (
+    CheckpointFailed,
     DeadlineExceeded,
     IntegrityError,
     ManifestExists,
@@ -191,17 +193,24 @@ def checkpoint_service(
         # A previous delivery dumped the container but did not finish the upload.
         result = _upload_file(store, key, spool, opts["compress"], plan, progress)
     else:
-        if eviction:
-            _revive_if_dumped(lp, service["container"], opts["tcp_established"])
+        _revive_if_dumped(lp, service["container"], opts["tcp_established"])
         copts = CheckpointOptions(
-            leave_running=opts["leave_running"],
+            # Never Podman's leaveRunning, even for a backup: it tars the root file system
+            # and volumes AFTER the processes resumed, so a file a process writes meanwhile
+            # no longer has the size CRIU recorded and the archive cannot be restored
+            # ("File tmp/n has bad size 3 (expect 0)"). A stopped container cannot drift.
+            leave_running=False,
             tcp_established=opts["tcp_established"],
             file_locks=opts["file_locks"],
-            # Podman stops the container once dumped; if its export stream then breaks, the
-            # kept CRIU images are the only copy of its memory (rollback restores from them).
-            keep=eviction,
+            # The kept CRIU images bring the container back in place: right away for a
+            # backup, and on rollback if an eviction's export stream breaks half-way.
+            keep=True,
         )
         with lp.checkpoint_export(service["container"], copts) as chunks:
+            if not eviction:
+                # Podman answers only once its archive is whole (in a temp file), so the
+                # backup's container can run again while the archive streams out.
+                _resume(lp, service["container"], opts["tcp_established"])
             if spool is None:
                 result = store.put_stream(key, chunks, compress=opts["compress"], progress=progress)
             else:
@@ -224,6 +233,21 @@ def checkpoint_service(
     return doc
 
 
+def _resume(lp: Libpod, container: str, tcp_established: bool) -> None:
+    """Restore a container in place from its kept checkpoint and wait until it runs.
+
+    Raises:
+        CheckpointFailed: it could not be brought back (its kept images stay for rollback).
+    """
+    try:
+        lp.restore_kept(container, tcp_established=tcp_established)
+        lp.wait_state(container, ("running",), timeout_s=60)
+    except PodchordError as exc:
+        raise CheckpointFailed(
+            f"{container} was dumped but did not run again in place: {exc}", container=container
+        ) from exc
+
+
 def _revive_if_dumped(lp: Libpod, container: str, tcp_established: bool) -> None:
     """Bring back a container an earlier delivery dumped without a complete spool file.
 
@@ -233,8 +257,7 @@ def _revive_if_dumped(lp: Libpod, container: str, tcp_established: bool) -> None
     if lp.container_state(container) != "exited":
         return
     log.warning("%s was dumped by an earlier delivery: restoring its kept checkpoint", container)
-    lp.restore_kept(container, tcp_established=tcp_established)
-    lp.wait_state(container, ("running",), timeout_s=60)
+    _resume(lp, container, tcp_established)
 
 
 def drop_husks(lp: Libpod, plan: Mapping[str, Any]) -> list[str]:
@@ -383,8 +406,9 @@ def abort_checkpoint(
 ) -> dict[str, Any]:
     """Undo a failed checkpoint: no manifest, no objects, services back where they were.
 
-    Never touches a committed checkpoint. In eviction mode, every service whose container was
-    dumped (now exited) and whose spool file is complete is restored in place on the source.
+    Never touches a committed checkpoint. In either mode, every service whose container was
+    dumped (now exited) is restored in place on the source: from its spool file when that is
+    complete, else from the CRIU images its checkpoint kept.
 
     Returns:
         What failed, what was deleted and which services were brought back (or not, and why).
@@ -408,7 +432,7 @@ def abort_checkpoint(
     prefix = layout.checkpoint_prefix(project, checkpoint_id)
     summary["aborted_uploads"] = store.abort_uploads(prefix)
     summary["deleted_objects"] = store.delete_prefix(prefix)
-    if plan["mode"] == "eviction" and lp is not None and spool_dir is not None:
+    if lp is not None and spool_dir is not None:
         for service in plan["services"]:
             outcome = _roll_back(lp, plan, service, spool_dir)
             if outcome is None:

@@ -350,7 +350,9 @@ class Libpod(ImagesAndNetworks):
             RestoreFailed: no kept checkpoint, or Podman failed the restore.
         """
         check_name(name, "container name")
-        params = {"keep": "true"}
+        # Without keep, Podman deletes the kept images only once the restore succeeded:
+        # a failed attempt leaves them for the next one.
+        params: dict[str, str] = {}
         if tcp_established:
             params["tcpEstablished"] = "true"
         response = self._send("POST", self._url("/containers/{}/restore", name), params=params)

@@ -394,6 +394,24 @@ def test_checkpoint_failure_raises_before_the_first_chunk():
     assert err.podman_message == "not running"
 
 
+def test_keep_is_sent_and_restore_kept_restores_in_place_without_keep():
+    lp, fake = make(lambda r: httpx.Response(200, json={"Id": "abc"}))
+    with lp.checkpoint_export("web", CheckpointOptions(keep=True)) as chunks:
+        list(chunks)
+    assert dict(fake.requests[0].url.params) == {"export": "true", "keep": "true"}
+    lp.restore_kept("web", tcp_established=True)
+    req = fake.requests[1]
+    assert (req.method, req.url.path) == ("POST", "/v5.0.0/libpod/containers/web/restore")
+    # No keep: Podman drops the kept images once the restore succeeded.
+    assert dict(req.url.params) == {"tcpEstablished": "true"}
+
+
+def test_restore_kept_failure_names_the_container():
+    lp, _ = make(lambda r: podman_error(500, "no checkpoint", "criu failed"))
+    with pytest.raises(RestoreFailed, match="restore of web from its kept checkpoint failed"):
+        lp.restore_kept("web")
+
+
 # -- restore -------------------------------------------------------------------------------
 
 

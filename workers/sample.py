@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,9 +67,17 @@ def create_sample(lp: Libpod, project: str, image: str) -> SampleProject:
 
 
 def read_counter(lp: Libpod, container: str, path: str = "/tmp/n") -> int:
-    """Read a counter file a sample service keeps (0 when not written yet)."""
-    text = lp.exec(container, ["cat", path]).stdout.decode().strip()
-    return int(text) if text.isdigit() else 0
+    """Read a counter file a sample service keeps (0 when not written yet).
+
+    The writer's ``echo $i > file`` truncates before it writes, so a read can land in
+    between and see an empty file (more often on a loaded machine): read again a few times.
+    """
+    for _ in range(10):
+        text = lp.exec(container, ["cat", path]).stdout.decode().strip()
+        if text.isdigit():
+            return int(text)
+        time.sleep(0.05)
+    return 0
 
 
 def remove_sample(lp: Libpod, sample: SampleProject, *, volumes: bool = True) -> None:
