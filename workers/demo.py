@@ -18,12 +18,17 @@ from pathlib import Path
 
 import boto3
 
-from tasks.errors import PodmanNotFound
 from tasks.libpod import Libpod
 from tasks.settings import Settings
 from workers.app import create_app
 from workers.launch import start_worker, wait_ready
-from workers.sample import SampleProject, create_sample, read_counter, remove_sample
+from workers.sample import (
+    SampleProject,
+    container_exists,
+    create_sample,
+    read_counter,
+    remove_sample,
+)
 
 __all__ = ["main"]
 
@@ -75,7 +80,7 @@ def main() -> int:
         print(f"migration took {time.monotonic() - started:.1f} s end to end")
         time.sleep(2)
         after = _show(b, sample, "b")
-        left = [c for c in sample.containers.values() if _exists(a, c)]
+        left = [c for c in sample.containers.values() if container_exists(a, c)]
         print(f"  containers left on node a: {left or 'none'}")
         survived = all(after[k] >= before[k] for k in ("db counter", "web counter"))
         reaching = after["client fetches ok"] > before["client fetches ok"]
@@ -94,11 +99,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _exists(lp: Libpod, container: str) -> bool:
-    try:
-        lp.container_state(container)
-    except PodmanNotFound:
-        return False
-    return True

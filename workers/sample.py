@@ -90,3 +90,12 @@ def remove_sample(lp: Libpod, sample: SampleProject, *, volumes: bool = True) ->
     if volumes:
         with contextlib.suppress(PodmanNotFound):
             lp.remove_volume(sample.volume, force=True)
+
+
+def container_exists(lp: Libpod, name: str) -> bool:
+    """Whether the node ``lp`` talks to has a container ``name`` (in any state)."""
+    try:
+        lp.container_state(name)
+    except PodmanNotFound:
+        return False
+    return True

@@ -21,11 +21,17 @@ import pytest
 from celery.exceptions import CeleryError
 
 from tasks import api
-from tasks.errors import PodchordError, PodmanNotFound
+from tasks.errors import PodchordError
 from tasks.libpod import Libpod
 from tasks.store import open_store
 from workers.launch import WorkerProcess
-from workers.sample import SampleProject, create_sample, read_counter, remove_sample
+from workers.sample import (
+    SampleProject,
+    container_exists,
+    create_sample,
+    read_counter,
+    remove_sample,
+)
 
 pytestmark = pytest.mark.podman
 
@@ -84,14 +90,6 @@ def _assert_archives_intact(stack, testbed, project: str, checkpoint_id: str) ->
         assert hashlib.sha256(body).hexdigest() == svc["archive"]["sha256"], svc["name"]
 
 
-def _exists(lp: Libpod, name: str) -> bool:
-    try:
-        lp.container_state(name)
-    except PodmanNotFound:
-        return False
-    return True
-
-
 def _warm(lp: Libpod, sample: SampleProject) -> dict[str, int]:
     deadline = time.monotonic() + 60
     while read_counter(lp, sample.containers["web"]) < WARM:
@@ -123,11 +121,15 @@ def test_kill_while_launching_the_chord_relaunches_the_same_checkpoint(
         assert node_a.container_state(name) == "running"
 
 
-def test_kill_mid_eviction_export_never_loses_the_workload(stack, testbed, sample, node_a):
+@pytest.mark.parametrize("leave_running", [False, True], ids=["eviction", "backup"])
+def test_kill_mid_export_never_loses_the_workload(stack, testbed, sample, node_a, leave_running):
+    # Both modes dump with the container stopped (a backup resumes it in place), so a kill
+    # in the middle can leave it dumped and stopped: the redelivery or the rollback must
+    # bring it back from its kept CRIU images.
     worker = stack.workers["a"]
     before = _warm(node_a, sample)
     lost = _lost_workers(worker)
-    result = api.checkpoint(stack.app, sample.project, "a", {"leave_running": False})
+    result = api.checkpoint(stack.app, sample.project, "a", {"leave_running": leave_running})
     _kill_pool_on(worker, "podchord.checkpoint_service", after_s=0.3)
     summary = _wait(result)
     assert _lost_workers(worker) > lost, "the kill did not hit a running task"
@@ -136,18 +138,18 @@ def test_kill_mid_eviction_export_never_loses_the_workload(stack, testbed, sampl
     if summary is None:
         # Failed clean: no manifest, and every service runs again with its memory.
         assert ids == [], f"failed ({result.result}) yet a manifest exists"
-        for svc, name in c.items():
-            assert node_a.container_state(name) == "running", svc
-        for svc in ("db", "web"):
-            assert read_counter(node_a, c[svc]) >= before[svc], svc
-        return
-    assert ids == [summary["checkpoint_id"]]
-    _assert_archives_intact(stack, testbed, sample.project, summary["checkpoint_id"])
-    # Completed: the archives hold the memory. Restore in place and look.
-    restored = api.restore(
-        stack.app, f"{sample.project}/{summary['checkpoint_id']}", "a", {"ignore_volumes": True}
-    ).get(timeout=WAIT_S)
-    assert set(restored["services"]) == set(c)
+    else:
+        assert ids == [summary["checkpoint_id"]]
+        _assert_archives_intact(stack, testbed, sample.project, summary["checkpoint_id"])
+        if not leave_running:
+            # Evicted: the archives hold the memory. Restore in place and look.
+            restored = api.restore(
+                stack.app, f"{sample.project}/{summary['checkpoint_id']}", "a",
+                {"ignore_volumes": True},
+            ).get(timeout=WAIT_S)
+            assert set(restored["services"]) == set(c)
+    for svc, name in c.items():
+        assert node_a.container_state(name) == "running", svc
     for svc in ("db", "web"):
         assert read_counter(node_a, c[svc]) >= before[svc], svc
 
@@ -173,7 +175,7 @@ def test_kill_mid_restore_of_a_migration_runs_the_workload_exactly_once(
         here, gone = node_a, node_b
     for svc, name in c.items():
         assert here.container_state(name) == "running", svc
-        assert not _exists(gone, name), f"{svc} exists on both nodes"
+        assert not container_exists(gone, name), f"{svc} exists on both nodes"
     for svc in ("db", "web"):
         assert read_counter(here, c[svc]) >= before[svc], svc
 
