@@ -30,7 +30,8 @@ from .errors import (
     MigrationFailed,
     PodchordError,
 )
-from .names import check_node, check_project
+from .names import check_image_ref, check_node, check_project
+from .node_report import node_report
 from .options import (
     CheckpointJobOptions,
     MigrateOptions,
@@ -42,11 +43,13 @@ from .runtime import runtime
 __all__ = [
     "SHARED_QUEUE",
     "abort_checkpoint",
+    "backup",
     "checkpoint_deadline",
     "checkpoint_project",
     "checkpoint_service",
     "commit_manifest",
     "migrate",
+    "node_info",
     "node_queue",
     "prune",
     "restore_project",
@@ -171,28 +174,41 @@ def _start_checkpoint(
             plan = coord.plan_once(outer, plan)
     else:
         log.warning("redelivered %s: relaunching checkpoint %s", outer, plan["checkpoint_id"])
-    task.update_state(
-        state="PROGRESS", meta={"checkpoint_id": plan["checkpoint_id"], "phase": "checkpoint"}
-    )
     queue = node_queue(node)
     expires = (
         None
         if plan["deadline_at"] is None
         else datetime.fromtimestamp(plan["deadline_at"], UTC)
     )
+    # argsrepr: Flower shows "project/id service" instead of the whole plan.
+    where = f"{project}/{plan['checkpoint_id']}"
     header = [
         checkpoint_service.si(plan, svc).set(
-            queue=queue, expires=expires, task_id=_part_id(outer, f"service:{svc['service']}")
+            queue=queue, expires=expires, task_id=_part_id(outer, f"service:{svc['service']}"),
+            argsrepr=f"({where!r}, {svc['service']!r})",
         )
         for svc in plan["services"]
     ] + [
         ship_image.si(plan, img["id"], img["ref"]).set(
-            queue=queue, expires=expires, task_id=_part_id(outer, f"image:{img['id']}")
+            queue=queue, expires=expires, task_id=_part_id(outer, f"image:{img['id']}"),
+            argsrepr=f"({where!r}, {img['ref']!r})",
         )
         for img in plan["images"]
     ]
-    body = commit_manifest.s(plan).set(queue=queue)
-    body = body.on_error(abort_checkpoint.s(plan=plan).set(queue=queue))
+    # The header ids go into the PROGRESS meta, so a client can show progress per service.
+    ids = [sig.options["task_id"] for sig in header]
+    task.update_state(
+        state="PROGRESS",
+        meta={
+            "checkpoint_id": plan["checkpoint_id"],
+            "phase": "checkpoint",
+            "services": {s["service"]: i for s, i in zip(plan["services"], ids, strict=False)},
+        },
+    )
+    body = commit_manifest.s(plan).set(queue=queue, argsrepr=f"({where!r},)")
+    body = body.on_error(
+        abort_checkpoint.s(plan=plan).set(queue=queue, kwargsrepr=f"{{'plan': {where!r}}}")
+    )
     if expires is not None:
         checkpoint_deadline.apply_async(
             (outer, project, node, plan["checkpoint_id"]),
@@ -206,6 +222,31 @@ def _start_checkpoint(
     # The final state is written by commit/abort/restore; Ignore keeps Celery from
     # overwriting this task's PROGRESS state with a premature SUCCESS.
     raise Ignore()
+
+
+@shared_task(name="podchord.backup", bind=True)
+def backup(
+    self: Any, project: str, node: str, keep: int, options: Mapping[str, Any] | None = None
+) -> Any:
+    """A backup checkpoint (``leave_running``), then ``podchord.prune`` to the newest ``keep``.
+
+    What beat schedules (``workers/schedule.py``); its id, like checkpoint_project's, ends
+    with the commit summary.
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise InvalidInput(f"keep must be a whole number >= 1, got {keep!r}")
+    opts = decode_options(CheckpointJobOptions, {**(options or {}), "leave_running": True})
+    _start_checkpoint(
+        self, check_project(project), _this_node(node), opts, then={"keep": keep}
+    )
+
+
+@shared_task(name="podchord.node_info")
+def node_info(node: str, probe_image: str | None = None) -> Any:
+    """Report this node's Podman, runtime and checkpoint support (``podchord status``)."""
+    if probe_image is not None:
+        check_image_ref(probe_image)
+    return node_report(runtime().libpod(), _this_node(node), probe_image)
 
 
 @shared_task(name="podchord.checkpoint_service", bind=True)
@@ -265,8 +306,13 @@ def commit_manifest(results: list[Mapping[str, Any]], plan: Mapping[str, Any]) -
     if plan["mode"] == "eviction" and rt.settings.node == plan["node"]:
         summary["source_removed"] = ck.drop_husks(rt.libpod(), plan)
     then = plan.get("then")
-    if then is None:
+    if then is None or "target" not in then:
         commit_manifest.backend.mark_as_done(plan["outer_task_id"], summary)
+        _announce(commit_manifest, plan["outer_task_id"], summary)
+        if then is not None and then.get("keep"):
+            # Retention after the commit (not on a clock of its own), so the newest
+            # ``keep`` are exactly what remains once the last scheduled backup is in.
+            prune.apply_async((plan["project"], then["keep"]), queue=SHARED_QUEUE)
     else:
         restore_after_checkpoint.apply_async(
             (summary, then["target"], then["options"], plan["node"], plan["outer_task_id"]),
@@ -306,6 +352,7 @@ def abort_checkpoint(
     if not summary["committed"]:
         exc_out = CheckpointAborted(_abort_message(summary), summary)
         abort_checkpoint.backend.mark_as_failure(plan["outer_task_id"], exc_out)
+        _announce(abort_checkpoint, plan["outer_task_id"], exc_out)
     return summary
 
 
@@ -338,6 +385,7 @@ def checkpoint_deadline(
             f"(is the worker of node {node} running?); nothing was committed"
         )
         checkpoint_deadline.backend.mark_as_failure(task_id, exc)
+        _announce(checkpoint_deadline, task_id, exc)
         summary["marked_failed"] = True
     return summary
 
@@ -420,9 +468,11 @@ def restore_after_checkpoint(
             fallback_task_id=fallback.id,
         )
         backend.mark_as_failure(outer_task_id, failure)
+        _announce(restore_after_checkpoint, outer_task_id, failure)
         raise failure from exc
     result = {"checkpoint": dict(committed), "restore": restored}
     backend.mark_as_done(outer_task_id, result)
+    _announce(restore_after_checkpoint, outer_task_id, result)
     return result
 
 
@@ -432,8 +482,29 @@ def prune(project: str, keep: int, grace_s: float = 3600.0) -> Any:
     project = check_project(project)
     if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
         raise InvalidInput(f"keep must be a whole number >= 1, got {keep!r}")
+    if isinstance(grace_s, bool) or not isinstance(grace_s, int | float) or grace_s < 0:
+        raise InvalidInput(f"grace_s must be seconds >= 0, got {grace_s!r}")
     report = runtime().store().prune(project, keep=keep, grace_s=float(grace_s))
     return _jsonable(report)
+
+
+def _announce(task: Any, task_id: str, outcome: Any) -> None:
+    """Send the final-state event of an outer task whose state was written by another task.
+
+    checkpoint_project and migrate end with ``Ignore``, which sends no event: without this,
+    Flower would show them as started forever although the result backend has the outcome.
+    """
+    failed = isinstance(outcome, BaseException)
+    fields = (
+        {"exception": f"{type(outcome).__name__}({str(outcome)!r})", "traceback": ""}
+        if failed
+        else {"result": repr(outcome)}
+    )
+    try:
+        with task.app.events.default_dispatcher(hostname=task.request.hostname) as events:
+            events.send("task-failed" if failed else "task-succeeded", uuid=task_id, **fields)
+    except Exception:  # an event is a courtesy to monitors; the result is already stored
+        log.warning("could not send the final event of task %s", task_id, exc_info=True)
 
 
 def _describe(exc: BaseException | None) -> str:

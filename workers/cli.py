@@ -1,33 +1,47 @@
 """``podchord``: a thin CLI that parses flags and delegates to Celery and the task library.
 
-Exit codes: 0 success; 1 the operation failed (the message says why); 2 bad arguments or
-settings; 3 ``status --check`` found a node unhealthy.
+Exit codes (also in README and docs/operations.md):
+
+* 0 success (``status --check``: healthy);
+* 1 the operation failed or timed out, or the broker/store could not be reached;
+* 2 bad arguments or settings (nothing was queued);
+* 3 ``status --check`` found no worker or a node unhealthy.
+
+Errors are one line on stderr (JSON with ``--json``); ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import NoReturn
 
 from tasks.errors import InvalidInput, PodchordError
-from tasks.jobs import SHARED_QUEUE, node_queue
-from tasks.names import check_node, check_project
 
-__all__ = ["main"]
+from .cli_output import error_line
+
+__all__ = ["EXIT_FAILED", "EXIT_UNHEALTHY", "EXIT_USAGE", "build_parser", "main"]
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNHEALTHY = 1, 2, 3
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="podchord", description=__doc__)
-    p.add_argument("--debug", action="store_true", help="print tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (JSON with ``--json``), not usage + error."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        error_line(_Parser.json_errors, "UsageError", f"{self.prog}: {message}", EXIT_USAGE)
+        sys.exit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``podchord`` parser (also read by tests/test_compose.py)."""
+    p = _Parser(prog="podchord", description="Checkpoint, ship and restore Podman projects.")
+    p.add_argument("--debug", action="store_true", help="print tracebacks of errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     w = sub.add_parser("worker", help="run a Celery worker for one node")
     w.add_argument("--node", required=True)
@@ -50,163 +64,96 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("migrate", help="checkpoint on one node, restore on another")
     m.add_argument("project")
-    m.add_argument("--from", dest="source", required=True)
-    m.add_argument("--to", dest="target", required=True)
+    m.add_argument("--from", dest="source", required=True, metavar="NODE")
+    m.add_argument("--to", dest="target", required=True, metavar="NODE")
     m.add_argument("--deadline", type=float, metavar="SECONDS")
     m.add_argument("--compress", action="store_true")
+    m.add_argument("--force-cpu", action="store_true")
 
     ls = sub.add_parser("ls", help="list a project's checkpoints, newest first")
     ls.add_argument("project")
-    sh = sub.add_parser("show", help="print a checkpoint's manifest")
+    sh = sub.add_parser("show", help="print a checkpoint's manifest (PROJECT[/CHECKPOINT_ID])")
     sh.add_argument("checkpoint")
     pr = sub.add_parser("prune", help="keep the newest N committed checkpoints")
     pr.add_argument("project")
     pr.add_argument("--keep", type=int, required=True)
     pr.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS")
 
+    st = sub.add_parser("status", help="live workers, node queues, Podman/CRIU per node")
+    st.add_argument("--node", action="append", help="only this node (repeatable)")
+    st.add_argument("--probe", metavar="IMAGE",
+                    help="really checkpoint a throwaway container of IMAGE on each node")
+    st.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+    st.add_argument("--check", action="store_true", help="exit 3 unless healthy")
+
+    b = sub.add_parser("beat", help="run celery beat with a backup schedule file")
+    b.add_argument("--schedule", required=True, metavar="FILE", help="TOML schedule")
+    b.add_argument("--scheduler", choices=("default", "redbeat"),
+                   help="default: PODCHORD_BEAT_SCHEDULER, else Celery's own")
+    b.add_argument("--schedule-db", default="/var/lib/podchord/celerybeat-schedule",
+                   metavar="PATH", help="state file of the default scheduler")
+    b.add_argument("--loglevel", default="INFO")
+
+    f = sub.add_parser("flower", help="run Flower (basic auth from PODCHORD_FLOWER_BASIC_AUTH)")
+    f.add_argument("--address", default="127.0.0.1")
+    f.add_argument("--port", type=int, default=5555)
+    f.add_argument("--url-prefix", default="")
+    f.add_argument("--no-auth", action="store_true",
+                   help="run without authentication (never on a shared network)")
+
     for sp in (c, r, m):
-        sp.add_argument("--wait", action="store_true", help="wait for the result")
+        sp.add_argument("--wait", action="store_true", help="wait, showing progress")
         sp.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS")
-    for sp in (c, r, m, ls, sh, pr):
+    for sp in sub.choices.values():
         sp.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``podchord`` console script."""
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = "--json" in argv
+    args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
     except InvalidInput as exc:
-        _fail(args, exc)
-        return EXIT_USAGE
-    except PodchordError as exc:
-        _fail(args, exc)
-        return EXIT_FAILED
-    except Exception as exc:  # a remote task's failure arrives as whatever Celery rebuilt
-        _fail(args, exc)
-        return EXIT_FAILED
+        return _fail(args, exc, EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _fail(args, PodchordError("interrupted (queued tasks go on)"), EXIT_FAILED)
+    except Exception as exc:  # a remote failure arrives as whatever Celery rebuilt
+        return _fail(args, exc, EXIT_FAILED)
 
 
-def _fail(args: argparse.Namespace, exc: BaseException) -> None:
+def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
     if args.debug:
         traceback.print_exception(exc)
-    print(f"podchord: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    error_line(args.json, type(exc).__name__, str(exc), code)
+    return code
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from . import cli_procs
+
     if args.command == "worker":
-        return _worker(args)
+        return cli_procs.run_worker(args)
+    if args.command == "beat":
+        return cli_procs.run_beat(args)
+    if args.command == "flower":
+        return cli_procs.run_flower(args)
     if args.command in ("ls", "show", "prune"):
-        return _store_command(args)
-    return _task_command(args)
+        from .cli_store import run_store_command
 
-
-def _worker(args: argparse.Namespace) -> int:
-    node = check_node(args.node)
-    env = dict(os.environ, PODCHORD_NODE=node, PODCHORD_PODMAN_SOCKET=args.podman_socket)
-    from tasks.settings import Settings
-
-    Settings.from_env(env)  # fail here, with the variable's name, not inside Celery
-    argv = [
-        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-        "-Q", f"{SHARED_QUEUE},{node_queue(node)}", "-n", f"{node}@%h",
-        "--concurrency", str(args.concurrency), "--loglevel", args.loglevel, "-E",
-    ]
-    os.execvpe(sys.executable, argv, env)
-    return 0  # not reached
-
-
-def _task_command(args: argparse.Namespace) -> int:
-    from workers.app import create_app
+        return run_store_command(args)
+    from .app import create_app
 
     app = create_app()
-    targs: tuple[Any, ...]
-    if args.command == "checkpoint":
-        opts: dict[str, Any] = {"leave_running": args.leave_running, "compress": args.compress}
-        if args.deadline is not None:
-            opts["deadline_s"] = args.deadline
-        name, targs = "podchord.checkpoint_project", (check_project(args.project), args.node, opts)
-        queue = node_queue(args.node)
-    elif args.command == "restore":
-        opts = {"ignore_volumes": args.ignore_volumes, "force_cpu": args.force_cpu}
-        name, targs = "podchord.restore_project", (args.checkpoint, args.node, opts)
-        queue = node_queue(args.node)
-    else:
-        opts = {"compress": args.compress}
-        if args.deadline is not None:
-            opts["deadline_s"] = args.deadline
-        name = "podchord.migrate"
-        targs = (check_project(args.project), check_node(args.source), args.target, opts)
-        queue = node_queue(args.source)
-    result = app.send_task(name, args=targs, queue=queue)
-    if not args.wait:
-        _emit(args, {"task_id": result.id, "task": name}, f"queued {name}: {result.id}")
-        return 0
-    value = _wait(result, args)
-    _emit(args, {"task_id": result.id, "task": name, "result": value}, _summary(name, value))
-    return 0
+    if args.command == "status":
+        from .cli_status import run_status
 
+        return run_status(app, args)
+    from .cli_tasks import run_task_command
 
-def _wait(result: Any, args: argparse.Namespace) -> Any:
-    """Poll the result, showing progress on stderr, until it is ready."""
-    deadline = time.monotonic() + args.timeout
-    last = None
-    tty = sys.stderr.isatty()
-    while not result.ready():
-        if time.monotonic() > deadline:
-            raise PodchordError(f"timed out after {args.timeout}s waiting for {result.id}")
-        info = result.info if result.state == "PROGRESS" else None
-        line = f"{result.state} {json.dumps(info) if info else ''}".strip()
-        if line != last and not args.json:
-            print(("\r" if tty else "") + line, file=sys.stderr, end="" if tty else "\n")
-            last = line
-        time.sleep(0.5)
-    if tty and last and not args.json:
-        print(file=sys.stderr)
-    return result.get(propagate=True, disable_sync_subtasks=False)
-
-
-def _summary(name: str, value: Any) -> str:
-    if not isinstance(value, dict):
-        return str(value)
-    if name == "podchord.checkpoint_project":
-        return f"committed {value['project']}/{value['checkpoint_id']} ({value['manifest_key']})"
-    if name == "podchord.restore_project":
-        return f"restored {value['project']}/{value['checkpoint_id']} on {value['node']}"
-    ck, rs = value["checkpoint"], value["restore"]
-    return (
-        f"migrated {ck['project']} {ck['node']} -> {rs['node']} "
-        f"(checkpoint {ck['checkpoint_id']}, services {', '.join(rs['services'])})"
-    )
-
-
-def _store_command(args: argparse.Namespace) -> int:
-    from tasks.jobs import _jsonable
-    from tasks.restore import load_manifest
-    from tasks.runtime import runtime
-
-    store = runtime().store()
-    if args.command == "ls":
-        rows = [_jsonable(e) for e in store.list_checkpoints(check_project(args.project))]
-        text = "\n".join(
-            f"{r['checkpoint_id']}  {'committed' if r['committed'] else 'UNCOMMITTED'}  "
-            f"{r['size_bytes']} bytes" for r in rows
-        ) or f"no checkpoints of {args.project}"
-        _emit(args, rows, text)
-    elif args.command == "show":
-        manifest = load_manifest(store, args.checkpoint).to_json()
-        _emit(args, manifest, json.dumps(manifest, indent=2, sort_keys=True))
-    else:
-        report = _jsonable(
-            store.prune(check_project(args.project), keep=args.keep, grace_s=args.grace)
-        )
-        _emit(args, report, json.dumps(report, indent=2))
-    return 0
-
-
-def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, sort_keys=True) if getattr(args, "json", False) else text)
+    return run_task_command(app, args)
 
 
 if __name__ == "__main__":
