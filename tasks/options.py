@@ -117,4 +117,10 @@ def _coerce(name: str, hint: object, value: object) -> object:
             return float(value)
     elif "str" in text and isinstance(value, str):
         return value
-    raise InvalidInput(f"option {name!r} must be {text}, got {value!r}")
+    raise InvalidInput(f"option {name!r} must be {_describe(text)}, got {value!r}")
+
+
+def _describe(hint: str) -> str:
+    """A JSON caller's words for a type hint ("true or false", not "<class 'bool'>")."""
+    base = "true or false" if "bool" in hint else "a number" if "float" in hint else "a string"
+    return f"{base} or null" if "None" in hint else base
