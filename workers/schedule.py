@@ -43,7 +43,7 @@ __all__ = [
 
 _CRONTAB_EXPIRES_S = 300.0
 SCHEDULERS = ("default", "redbeat")
-_REDBEAT_PREFIX = "podchord:redbeat"
+_REDBEAT_PREFIX = "podchord:redbeat:"
 _KEYS = {
     "name", "project", "node", "interval_s", "crontab", "keep", "deadline_s", "compress",
     "expires_s",
