@@ -47,7 +47,8 @@ def test_entries_become_expiring_backups_on_the_node_queue():
     nightly = sched["nightly"]
     assert nightly["options"] == {"queue": "podchord.node.b", "expires": 300.0}
     assert nightly["args"] == ("shop", "b", 7, {"compress": True})
-    assert nightly["schedule"].hour == {2} and nightly["schedule"].minute == {30}
+    assert nightly["schedule"].hour == {2}
+    assert nightly["schedule"].minute == {30}
 
 
 @pytest.mark.parametrize(

@@ -165,7 +165,8 @@ def test_json_outputs_hold_the_documented_fields(stack, testbed, node_a, node_b)
         _one_error_line(done, 1, "ProjectError", "no containers", progress="checkpoint")
         done = podchord("checkpoint", "nosuchproject", "--node", "a", "--json", env=env)
         queued = json.loads(done.stdout)
-        assert queued["task"] == "podchord.checkpoint_project" and queued["task_id"]
+        assert queued["task"] == "podchord.checkpoint_project"
+        assert queued["task_id"]
     finally:
         remove_sample(node_a, sample)
         remove_sample(node_b, sample)
@@ -181,7 +182,8 @@ def test_status_reports_nodes_and_check_exit_codes(stack, testbed):
     assert set(status["nodes"]) == set(testbed.nodes)
     for name, node in status["nodes"].items():
         assert node["ok"] is True, node
-        assert node["workers"] and node["workers"][0].startswith(f"{name}@")
+        assert node["workers"]
+        assert node["workers"][0].startswith(f"{name}@")
         report = node["report"]
         assert report["node"] == name
         assert report["podman_version"]

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="really checkpoint a throwaway container of IMAGE on each node")
     st.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
     st.add_argument("--check", action="store_true", help="exit 3 unless healthy")
+    st.add_argument("--workers-only", action="store_true",
+                    help="ask the workers only (ping, queues), not each node's Podman")
 
     b = sub.add_parser("beat", help="run celery beat with a backup schedule file")
     b.add_argument("--schedule", required=True, metavar="FILE", help="TOML schedule")

@@ -23,15 +23,20 @@ def run_status(app: Celery, args: argparse.Namespace) -> int:
     wanted = [check_node(n) for n in args.node or []]
     if args.probe is not None:
         check_image_ref(args.probe)
-    status = collect_status(app, wanted, args.probe, args.timeout)
+    status = collect_status(app, wanted, args.probe, args.timeout, nodes=not args.workers_only)
     emit(args.json, status, _text(status))
     return EXIT_UNHEALTHY if args.check and not status["healthy"] else 0
 
 
 def collect_status(
-    app: Celery, wanted: list[str], probe_image: str | None, timeout_s: float
+    app: Celery, wanted: list[str], probe_image: str | None, timeout_s: float,
+    *, nodes: bool = True,
 ) -> dict[str, Any]:
     """Ask the workers (ping, active queues) and each node's worker (``podchord.node_info``).
+
+    Args:
+        wanted: only these nodes (empty: every node a live worker serves).
+        nodes: False asks the workers only; healthy then means some worker answered.
 
     Returns:
         JSON: ``workers`` (hostname, node, queues), ``nodes`` (per node: ``workers``, ``ok``,
@@ -50,7 +55,9 @@ def collect_status(
         })
         for n in own:
             by_node.setdefault(n, []).append(hostname)
-    names = sorted(set(by_node) | set(wanted))
+    if not nodes:
+        return {"workers": workers, "nodes": {}, "healthy": bool(alive)}
+    names = sorted(wanted or by_node)
     pending = {
         n: app.send_task(
             "podchord.node_info", args=(n, probe_image), queue=node_queue(n),
@@ -58,7 +65,7 @@ def collect_status(
         )
         for n in names if n in by_node
     }
-    nodes: dict[str, Any] = {}
+    report: dict[str, Any] = {}
     for n in names:
         entry: dict[str, Any] = {"workers": by_node.get(n, []), "ok": False, "report": None,
                                  "error": None}
@@ -67,18 +74,18 @@ def collect_status(
         else:
             try:
                 # Probing starts and checkpoints a container: allow for it.
-                report = pending[n].get(timeout=timeout_s + 60, propagate=True)
-                entry["report"] = report
-                entry["ok"] = bool(report["checkpoint_ready"])
+                info = pending[n].get(timeout=timeout_s + 60, propagate=True)
+                entry["report"] = info
+                entry["ok"] = bool(info["checkpoint_ready"])
                 if not entry["ok"]:
-                    entry["error"] = "; ".join(report["problems"])
+                    entry["error"] = "; ".join(info["problems"])
             except Exception as exc:  # the node's own failure, rebuilt by Celery
                 entry["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             finally:
                 pending[n].forget()
-        nodes[n] = entry
-    healthy = bool(workers) and bool(nodes) and all(e["ok"] for e in nodes.values())
-    return {"workers": workers, "nodes": nodes, "healthy": healthy}
+        report[n] = entry
+    healthy = bool(alive) and bool(report) and all(e["ok"] for e in report.values())
+    return {"workers": workers, "nodes": report, "healthy": healthy}
 
 
 def _text(status: dict[str, Any]) -> str:
@@ -103,5 +110,7 @@ def _text(status: dict[str, Any]) -> str:
         lines.append(f"workers without a node queue: {', '.join(others)}")
     if not status["workers"]:
         lines.append("no live workers")
+    elif not status["nodes"]:
+        lines.append(f"workers: {', '.join(w['hostname'] for w in status['workers'])}")
     lines.append("healthy" if status["healthy"] else "UNHEALTHY")
     return "\n".join(lines)
