@@ -41,7 +41,8 @@ def _interpolate(text: str, env: dict[str, str]) -> str:
         name, op, arg = m.group(1), m.group(2), m.group(3)
         if name in env:
             return env[name]
-        assert op and "-" in op, f"${{{name}}} has no default and is not in example.env"
+        assert op is not None, f"${{{name}}} has no default and is not in example.env"
+        assert "-" in op, f"${{{name}}} has no default and is not in example.env"
         return arg
     return _REF.sub(sub, text).replace("$$", "$")
 
