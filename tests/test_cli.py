@@ -199,3 +199,8 @@ def test_status_reports_nodes_and_check_exit_codes(stack, testbed):
     assert "no live worker consumes podchord.node.nowhere" in done.stdout
     done = podchord("status", "--node", "nowhere", env=env)  # without --check: just a report
     assert done.returncode == 0
+    done = podchord("status", "--check", "--workers-only", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    light = json.loads(done.stdout)
+    assert light["nodes"] == {}
+    assert {w["node"] for w in light["workers"]} == set(testbed.nodes)
