@@ -89,13 +89,13 @@ def _schedule(tmp_path, project: str, interval_s: int, keep: int):
 
 @pytest.mark.podman
 def test_beat_takes_backups_and_retention_keeps_exactly_n(stack, testbed, node_a, tmp_path):
-    keep, runs = 2, 4
+    keep, runs = 2, 3  # one more than kept: retention must have deleted one
     project = f"bt{secrets.token_hex(3)}"
     sample = create_sample(node_a, project, testbed.image)
     store = open_store(stack.store_url)
     log = tmp_path / "beat.log"
     beat = start(
-        ["beat", "--schedule", str(_schedule(tmp_path, project, 5, keep)),
+        ["beat", "--schedule", str(_schedule(tmp_path, project, 4, keep)),
          "--schedule-db", str(tmp_path / "beat-db"), "--loglevel", "INFO"],
         stack_env(testbed, stack), log,
     )
@@ -133,23 +133,24 @@ def test_beat_runs_with_redbeat_holding_its_lock_in_redis(stack, testbed, node_a
     sample = create_sample(node_a, project, testbed.image)
     store = open_store(stack.store_url)
     log = tmp_path / "redbeat.log"
+    schedule = _schedule(tmp_path, project, 3, 1)
+    schedule.write_text(schedule.read_text() + "expires_s = 120\n")
     broker = redis.Redis.from_url(stack.app.conf.broker_url)
-    beat = start(
-        ["beat", "--schedule", str(_schedule(tmp_path, project, 4, 1)), "--scheduler", "redbeat"],
-        stack_env(testbed, stack), log,
-    )
+    beat = start(["beat", "--schedule", str(schedule), "--scheduler", "redbeat"],
+                 stack_env(testbed, stack), log)
+    sent = f"Sending due task backup:{project}@a (podchord.backup)"
     try:
-        wait_for("a committed backup", lambda: any(
-            e.committed for e in store.list_checkpoints(project)), 240, 1.0, beat, log)
+        wait_for("redbeat to send a backup", lambda: sent in log.read_text(), 120, 0.5, beat, log)
         # redbeat's own key scheme under podchord's prefix: the leader lock, the schedule.
         assert broker.exists("podchord:redbeat::lock")
         entry = f"podchord:redbeat:backup:{project}@a"
         assert broker.zscore("podchord:redbeat::schedule", entry) is not None
-        assert f"Sending due task backup:{project}@a (podchord.backup)" in log.read_text()
     finally:
         stop(beat)
         broker.close()
     try:
+        wait_for("the backup redbeat sent to commit", lambda: any(
+            e.committed for e in store.list_checkpoints(project)), 240, 1.0)
         quiet(stack)
     finally:
         remove_sample(node_a, sample)

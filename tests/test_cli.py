@@ -193,13 +193,14 @@ def test_status_reports_nodes_and_check_exit_codes(stack, testbed):
     queues = {w["node"]: w["queues"] for w in status["workers"]}
     assert queues["a"] == ["podchord", "podchord.node.a"]
 
-    done = podchord("status", "--check", "--node", "a", "--node", "nowhere", env=env)
+    done = podchord("status", "--check", "--node", "a", "--node", "nowhere", "--timeout", "1",
+                    env=env)
     assert done.returncode == 3, done.stdout
     assert "node nowhere: UNHEALTHY" in done.stdout
     assert "no live worker consumes podchord.node.nowhere" in done.stdout
-    done = podchord("status", "--node", "nowhere", env=env)  # without --check: just a report
+    done = podchord("status", "--node", "nowhere", "--timeout", "1", env=env)  # without --check: just a report
     assert done.returncode == 0
-    done = podchord("status", "--check", "--workers-only", "--json", env=env)
+    done = podchord("status", "--check", "--workers-only", "--json", "--timeout", "1", env=env)
     assert done.returncode == 0, done.stderr
     light = json.loads(done.stdout)
     assert light["nodes"] == {}
