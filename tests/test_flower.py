@@ -102,6 +102,8 @@ def test_flower_lists_a_migrations_tasks_and_refuses_anonymous_calls(
         for t in mine:
             by_name.setdefault(t["name"], []).append(t)
         assert {t["state"] for t in mine} == {"SUCCESS"}, [(t["name"], t["state"]) for t in mine]
+        # task_send_sent_event: every one of them was seen when sent, not only when received.
+        assert all(t["sent"] for t in mine), [(t["name"], t["sent"]) for t in mine]
         outer = by_name["podchord.migrate"][0]
         assert outer["uuid"] == result.id
         assert project in outer["args"]
