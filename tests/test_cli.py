@@ -198,7 +198,8 @@ def test_status_reports_nodes_and_check_exit_codes(stack, testbed):
     assert done.returncode == 3, done.stdout
     assert "node nowhere: UNHEALTHY" in done.stdout
     assert "no live worker consumes podchord.node.nowhere" in done.stdout
-    done = podchord("status", "--node", "nowhere", "--timeout", "1", env=env)  # without --check: just a report
+    # Without --check: just a report.
+    done = podchord("status", "--node", "nowhere", "--timeout", "1", env=env)
     assert done.returncode == 0
     done = podchord("status", "--check", "--workers-only", "--json", "--timeout", "1", env=env)
     assert done.returncode == 0, done.stderr
