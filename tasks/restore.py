@@ -120,6 +120,11 @@ def restore_project(
     began = time.monotonic()
     with undo.timed("manifest", on_phase):
         manifest = load_manifest(store, ref)
+    if redelivered:
+        # A killed delivery never ran its cleanup: its verified archives (process memory)
+        # would stay on disk for good.
+        for stale in Path(spool_dir).glob(f"restore-{manifest.checkpoint_id}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     spool = private_dir(Path(spool_dir) / f"restore-{manifest.checkpoint_id}-{time.time_ns()}")
     try:
         with undo.timed("preflight", on_phase):

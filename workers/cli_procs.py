@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,13 +28,24 @@ def run_worker(args: argparse.Namespace) -> int:
     """Exec a worker consuming the shared queue and the node's own queue."""
     node = check_node(args.node)
     env = dict(os.environ, PODCHORD_NODE=node, PODCHORD_PODMAN_SOCKET=args.podman_socket)
-    Settings.from_env(env)  # fail here, with the variable's name, not inside Celery
+    settings = Settings.from_env(env)  # fail here, with the variable's name, not in Celery
+    _drop_restore_leftovers(settings.spool_dir)
     argv = [
         *_CELERY, "-A", "workers.celery_app", "worker",
         "-Q", f"{SHARED_QUEUE},{node_queue(node)}", "-n", f"{node}@%h",
         "--concurrency", str(args.concurrency), "--loglevel", args.loglevel, "-E",
     ]
     return _exec(argv, env)
+
+
+def _drop_restore_leftovers(spool_dir: Path) -> None:
+    """Delete restore downloads a killed worker left (archives hold process memory).
+
+    Nothing restores before this worker starts; the eviction tees (``<checkpoint_id>/``)
+    stay, since they are what a failed checkpoint rolls back from.
+    """
+    for stale in Path(spool_dir).glob("restore-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def beat_argv(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:

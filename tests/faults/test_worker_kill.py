@@ -178,6 +178,8 @@ def test_kill_mid_restore_of_a_migration_runs_the_workload_exactly_once(
         assert not container_exists(gone, name), f"{svc} exists on both nodes"
     for svc in ("db", "web"):
         assert read_counter(here, c[svc]) >= before[svc], svc
+    # The killed delivery's downloaded archives (process memory) did not stay behind.
+    assert [p for p in worker.spool.rglob("*") if p.is_file()] == []
 
 
 def test_a_redelivered_commit_is_committed_once(stack, testbed, sample, node_a):
