@@ -276,6 +276,16 @@ def _restore_services(
             undo.containers.append(svc.container)
             lp.wait_state(svc.container, ("running",), timeout_s=opts.start_timeout_s)
         except PodchordError as exc:
+            if isinstance(exc, RestoreFailed) and ignore_static:
+                # Seen with runc: CRIU cannot bind a connected socket to the old address
+                # ("Can't bind inet socket ... Cannot assign requested address"), and runc
+                # has no --tcp-close to restore such connections closed.
+                raise RestoreFailed(
+                    f"service {svc.name}: {exc} (its network moved to another subnet here: "
+                    "established TCP connections cannot be restored on a new address)",
+                    archive=svc.archive.key, service=svc.name, status=exc.status,
+                    cause=exc.cause, podman_message=exc.podman_message,
+                ) from exc
             if isinstance(exc, RestoreFailed):
                 exc.service = svc.name
                 raise
