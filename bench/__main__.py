@@ -28,21 +28,36 @@ SCHEMA = 1
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="full")
-    ap.add_argument("--only", action="append", default=[], metavar="NAME",
-                    help="run only the scenarios whose name contains NAME (repeatable)")
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only the scenarios whose name contains NAME (repeatable)",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "bench.json")
-    ap.add_argument("--plots", type=Path, default=None, metavar="DIR",
-                    help="also write PNG plots to DIR (needs the 'bench' extra: matplotlib)")
+    ap.add_argument(
+        "--plots",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write PNG plots to DIR (needs the 'bench' extra: matplotlib)",
+    )
     ap.add_argument("--no-warmup", action="store_true")
     ap.add_argument("--concurrency", type=int, default=6, help="prefork children per worker")
-    ap.add_argument("--probe-mib", type=int, default=None,
-                    help="size of the disk/memory probes (default: 512, 16 for smoke)")
+    ap.add_argument(
+        "--probe-mib",
+        type=int,
+        default=None,
+        help="size of the disk/memory probes (default: 256, 16 for smoke)",
+    )
     args = ap.parse_args(argv)
-    specs = [s for s in PRESETS[args.preset]
-             if not args.only or any(o in s.name for o in args.only)]
+    specs = [
+        s for s in PRESETS[args.preset] if not args.only or any(o in s.name for o in args.only)
+    ]
     if not specs:
         ap.error(f"no scenario of preset {args.preset!r} matches {args.only}")
-    probe_mib = args.probe_mib or (16 if args.preset == "smoke" else 512)
+    probe_mib = args.probe_mib or (16 if args.preset == "smoke" else 256)
 
     doc: dict[str, Any] = {
         "schema": SCHEMA,
@@ -52,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     began = time.monotonic()
     with Bed(concurrency=args.concurrency) as bed:
-        doc["machine"] = machine(bed.lp["a"])
+        doc["machine"] = machine(bed.lp["a"], bed.env["PODCHORD_TESTBED_ROOTFS"])
         doc["worker_concurrency"] = args.concurrency
-        doc["limits"] = measure_limits(bed.workdir, probe_mib)
+        doc["limits"] = measure_limits(bed.workdir, probe_mib, bed.s3, bed.bucket)
         if not args.no_warmup:
             run_scenario(bed, WARMUP)
         rows = []

@@ -73,6 +73,16 @@ class Bed:
     def image(self) -> str:
         return self.env["PODCHORD_TESTBED_IMAGE"]
 
+    def pids(self) -> dict[str, int]:
+        """The shared test bed's S3 server and Podman service pids (read only, never killed)."""
+        out = {"s3": int(self.env["PODCHORD_S3_PID"])}
+        state = Path(self.env["PODCHORD_TESTBED_STATE"]).read_text().splitlines()
+        for node in NODES:
+            for line in state:
+                if line.startswith(f"NODE_{node}_PID="):
+                    out[f"podman_{node}"] = int(line.split("=", 1)[1])
+        return out
+
     def socket(self, node: str) -> str:
         return self.env[f"PODCHORD_SOCKET_{node.upper()}"]
 

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["TreeRss"]
+__all__ = ["TreeRss", "tree"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -26,7 +26,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _tree(root: int) -> list[int]:
+def tree(root: int) -> list[int]:
     pids, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -64,7 +64,7 @@ class TreeRss:
     def _sample(self) -> None:
         for label, root in self._roots.items():
             total = 0
-            for pid in _tree(root):
+            for pid in tree(root):
                 rss = _rss(pid)
                 if rss is None:
                     continue

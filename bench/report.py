@@ -28,9 +28,7 @@ def fit(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float] | None:
     return {"slope": slope, "intercept": my - slope * mx, "points": n}
 
 
-def _series(
-    rows: list[dict[str, Any]], pick: Any, x: Any, y: Any
-) -> dict[str, float] | None:
+def _series(rows: list[dict[str, Any]], pick: Any, x: Any, y: Any) -> dict[str, float] | None:
     chosen = [r for r in rows if pick(r)]
     return fit([x(r) for r in chosen], [y(r) for r in chosen])
 

@@ -19,6 +19,7 @@ from tasks import api
 
 from .baseline import baseline_evict, baseline_restore
 from .bed import Bed
+from .cpu import CpuMeter
 from .procrss import TreeRss
 from .workload import create_project, remove_project
 
@@ -47,25 +48,29 @@ def run_scenario(bed: Bed, spec: Spec) -> dict[str, Any]:
     project = create_project(lp_a, bed.image, spec.services, spec.mib, spec.content)
     out["project"] = project.name
     out["create_s"] = round(time.time() - t, 3)
-    roots = {n: w.proc.pid for n, w in bed.workers.items()}
+    roots = {f"worker_{n}": w.proc.pid for n, w in bed.workers.items()}
+    single = {**bed.pids(), "bench": os.getpid()}
     try:
         if spec.breakdown:
             out["criu"] = criu_dump_stats(bed.socket("a"), next(iter(project.services.values())))
-        with TreeRss(roots) as rss:
-            out["podchord"] = _podchord_evict(bed, project.name, spec.compress)
-        out["podchord"]["worker_rss"] = rss.report()
-        cid = out["podchord"]["checkpoint_id"]
-        with TreeRss(roots) as rss:
-            out["podchord"].update(_podchord_restore(bed, f"{project.name}/{cid}"))
-        out["podchord"]["restore_worker_rss"] = rss.report()
+        with TreeRss(roots) as rss, CpuMeter(roots, single) as cpu:
+            pc = _podchord_evict(bed, project.name, spec.compress)
+        pc["worker_rss"], pc["cpu"] = rss.report(), cpu.result
+        with TreeRss(roots) as rss, CpuMeter(roots, single) as cpu:
+            pc.update(_podchord_restore(bed, f"{project.name}/{pc['checkpoint_id']}"))
+        pc["restore_worker_rss"], pc["restore_cpu"] = rss.report(), cpu.result
+        out["podchord"] = pc
         prefix = f"baseline/{project.name}"
-        out["baseline"] = baseline_evict(
-            lp_b, bed.s3, bed.bucket, prefix, project.services, bed.workdir
-        )
+        with CpuMeter(roots, single) as cpu:
+            bl = baseline_evict(lp_b, bed.s3, bed.bucket, prefix, project.services, bed.workdir)
+        bl["cpu"] = cpu.result
         remove_project(lp_a, project)  # podchord's dumped husks; not timed
-        out["baseline"].update(
-            baseline_restore(lp_a, bed.s3, bed.bucket, prefix, project.services, bed.workdir)
-        )
+        with CpuMeter(roots, single) as cpu:
+            bl.update(
+                baseline_restore(lp_a, bed.s3, bed.bucket, prefix, project.services, bed.workdir)
+            )
+        bl["restore_cpu"] = cpu.result
+        out["baseline"] = bl
     finally:
         remove_project(lp_a, project)
         remove_project(lp_b, project)
