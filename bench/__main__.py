@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     with Bed(concurrency=args.concurrency) as bed:
         doc["machine"] = machine(bed.lp["a"], bed.env["PODCHORD_TESTBED_ROOTFS"])
         doc["worker_concurrency"] = args.concurrency
+        doc["bucket"] = bed.bucket
         doc["limits"] = measure_limits(bed.workdir, probe_mib, bed.s3, bed.bucket)
         if not args.no_warmup:
             run_scenario(bed, WARMUP)
