@@ -18,7 +18,7 @@ from typing import Any
 from .bed import Bed
 from .limits import machine, measure_limits
 from .presets import PRESETS, WARMUP
-from .report import fits, table, targets
+from .report import fits, markdown, table, targets
 from .scenario import run_scenario
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["duration_s"] = round(time.monotonic() - began, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(doc) + "\n")
     print(table(rows))
     print(json.dumps({"fits": doc["fits"], "targets": doc["targets"]}, indent=2))
     if args.plots is not None:
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for path in write_plots(doc, args.plots):
             print(f"bench: wrote {path}", file=sys.stderr)
-    print(f"bench: wrote {args.out}", file=sys.stderr)
+    print(f"bench: wrote {args.out} and {args.out.with_suffix('.md')}", file=sys.stderr)
     return 0
 
 

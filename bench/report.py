@@ -117,3 +117,52 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['load_before'][0]:.2f} |"
         )
     return "\n".join(lines)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The results section of docs/benchmarks.md, generated from one run's JSON."""
+    m, lim = doc["machine"], doc["limits"]
+    pk = m.get("packages", {})
+    out = [
+        f"Run {doc['started_at']} (preset `{doc['preset']}`, {doc['duration_s']:.0f} s), "
+        f"load average 1/5/15 min at start {_load(doc['load_start'])}, at end "
+        f"{_load(doc['load_end'])}. Machine: {m['cpus']} cores ({m['cpu_model']}), "
+        f"{m['memory_bytes'] / 2**30:.0f} GiB, Linux {m['kernel']}, Python {m['python']}, "
+        f"Podman {m['podman']}, CRIU {pk.get('criu', '?')}, runc {pk.get('runc', '?')}; "
+        f"workers with {doc['worker_concurrency']} prefork children each.",
+        "",
+        table(doc["scenarios"]),
+        "",
+        "Targets (this run): "
+        + "; ".join(
+            f"{k} = {v['value']} (limit {v['limit']}: {'met' if v['met'] else 'NOT met'})"
+            for k, v in doc["targets"].items()
+        ),
+        "",
+        "Fits (least squares over this run's scenarios):",
+        "",
+    ]
+    for k, v in doc["fits"].items():
+        if "mb_per_s" in v:
+            out.append(
+                f"- {k}: {v['s_per_mb'] * 1000:.1f} ms/MB = {v['mb_per_s']} MB/s, "
+                f"fixed {v['fixed_s']} s ({v['points']} points)"
+            )
+        else:
+            out.append(
+                f"- {k}: {v['s_per_service']} s per service, fixed {v['fixed_s']} s "
+                f"({v['points']} points)"
+            )
+    out += [
+        "",
+        f"Limits measured in the same run ({lim['probe_bytes'] / 1e6:.0f} MB probes): disk "
+        f"write with fdatasync {lim['disk_write_mb_s']} MB/s, memory copy "
+        f"{lim['memory_copy_gb_s']} GB/s, S3 (moto) upload_fileobj "
+        f"{lim['s3_upload_fileobj_mb_s']} MB/s, get_object {lim['s3_get_object_mb_s']} MB/s, "
+        f"download_file {lim['s3_download_file_mb_s']} MB/s.",
+    ]
+    return "\n".join(out)
+
+
+def _load(values: Sequence[float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
