@@ -27,7 +27,7 @@ STYLE = {
 
 
 def _random(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if r["spec"]["content"] == "random"]
+    return [r for r in rows if r["spec"]["content"] == "random" and not r["spec"]["compress"]]
 
 
 def write_plots(doc: dict[str, Any], outdir: Path) -> list[Path]:

@@ -11,7 +11,7 @@ __all__ = ["PRESETS", "WARMUP"]
 WARMUP = Spec("warm-up 4x2MiB", 4, 2, report=False)
 
 PRESETS: dict[str, list[Spec]] = {
-    # The scenarios plus the scaling series (about 4.5 GB moved each way, ~10 min).
+    # The scenarios plus the scaling series (about 3.7 GB moved each way, ~11 min).
     "full": [
         Spec("1x64MiB random", 1, 64, breakdown=True),
         Spec("3x256MiB random", 3, 256),
@@ -20,6 +20,7 @@ PRESETS: dict[str, list[Spec]] = {
         Spec("1x256MiB text", 1, 256, content="text"),
         Spec("1x256MiB text zstd", 1, 256, content="text", compress=True),
         Spec("1x256MiB random", 1, 256, breakdown=True),
+        Spec("1x256MiB random zstd", 1, 256, compress=True),
         Spec("1x512MiB random", 1, 512, breakdown=True),
         Spec("1x1GiB random", 1, 1024, breakdown=True),
     ],

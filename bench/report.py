@@ -33,11 +33,16 @@ def _series(rows: list[dict[str, Any]], pick: Any, x: Any, y: Any) -> dict[str, 
     return fit([x(r) for r in chosen], [y(r) for r in chosen])
 
 
+def _plain(row: dict[str, Any]) -> bool:
+    """Random memory, stored uncompressed: the scenarios the scaling fits are made of."""
+    return bool(row["spec"]["content"] == "random" and not row["spec"]["compress"])
+
+
 def fits(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Slopes: seconds per MB (and MB/s) for one service; seconds per service at 64 MiB."""
     out: dict[str, Any] = {}
-    one = lambda r: r["spec"]["services"] == 1 and r["spec"]["content"] == "random"  # noqa: E731
-    per64 = lambda r: r["spec"]["mib"] == 64 and r["spec"]["content"] == "random"  # noqa: E731
+    one = lambda r: r["spec"]["services"] == 1 and _plain(r)  # noqa: E731
+    per64 = lambda r: r["spec"]["mib"] == 64 and _plain(r)  # noqa: E731
     measures = {
         "podchord_evict": lambda r: r["podchord"]["evict_s"],
         "baseline_evict": lambda r: r["baseline"]["evict_s"],
