@@ -11,7 +11,7 @@ __all__ = ["PRESETS", "WARMUP"]
 WARMUP = Spec("warm-up 4x2MiB", 4, 2, report=False)
 
 PRESETS: dict[str, list[Spec]] = {
-    # The scenarios plus the scaling series (about 3.7 GB moved each way, ~11 min).
+    # The scenarios plus the scaling series (about 3.7 GB moved each way, ~9-12 min here).
     "full": [
         Spec("1x64MiB random", 1, 64, breakdown=True),
         Spec("3x256MiB random", 3, 256),
