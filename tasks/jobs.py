@@ -21,6 +21,7 @@ from celery.result import AsyncResult
 from celery.states import READY_STATES
 
 from . import checkpoint as ck
+from . import lock
 from . import restore as rs
 from .coord import Coordinator, coordinator
 from .errors import (
@@ -38,7 +39,7 @@ from .options import (
     RestoreJobOptions,
     decode_options,
 )
-from .runtime import runtime
+from .runtime import Runtime, runtime
 
 __all__ = [
     "SHARED_QUEUE",
@@ -164,6 +165,31 @@ def _start_checkpoint(
     outer = task.request.id
     if AsyncResult(outer, app=task.app).state in READY_STATES:
         raise Ignore()  # a redelivery after the chord already finished
+    client = getattr(task.backend, "client", None)
+    if client is not None:  # a Redis backend (always, with valid settings)
+        ttl_s = lock.lock_ttl_s(opts.deadline_s, rt.settings.task_timeout_s)
+        what = "migrate" if then is not None and "target" in then else "checkpoint"
+        lock.acquire(client, project, outer, ttl_s, what)  # a redelivery holds it already
+    try:
+        _launch_checkpoint(task, rt, project, node, opts, then)
+    except BaseException:
+        # Nothing was launched (or launching failed): nobody else will release the lock.
+        _unlock(task.backend, project, outer)
+        raise
+    # The final state is written by commit/abort/restore; Ignore keeps Celery from
+    # overwriting this task's PROGRESS state with a premature SUCCESS.
+    raise Ignore()
+
+
+def _launch_checkpoint(
+    task: Any,
+    rt: Runtime,
+    project: str,
+    node: str,
+    opts: CheckpointJobOptions,
+    then: Mapping[str, Any] | None,
+) -> None:
+    outer = task.request.id
     coord = coordinator(task.backend)
     plan = None if coord is None else coord.recorded_plan(outer)
     if plan is None:
@@ -219,9 +245,16 @@ def _start_checkpoint(
     chord(group(header, task_id=_part_id(outer, "header")), body).apply_async(
         task_id=_part_id(outer, "commit")
     )
-    # The final state is written by commit/abort/restore; Ignore keeps Celery from
-    # overwriting this task's PROGRESS state with a premature SUCCESS.
-    raise Ignore()
+
+
+def _unlock(backend: Any, project: str, token: str) -> None:
+    """Release the project lock after the final result was written (see ``tasks.lock``)."""
+    client = getattr(backend, "client", None)
+    if client is None:
+        return
+    # The result is written already; a lock that cannot be released now expires on its own.
+    with contextlib.suppress(Exception):
+        lock.release(client, project, token)
 
 
 @shared_task(name="podchord.backup", bind=True)
@@ -309,6 +342,7 @@ def commit_manifest(results: list[Mapping[str, Any]], plan: Mapping[str, Any]) -
     if then is None or "target" not in then:
         commit_manifest.backend.mark_as_done(plan["outer_task_id"], summary)
         _announce(commit_manifest, plan["outer_task_id"], summary)
+        _unlock(commit_manifest.backend, plan["project"], plan["outer_task_id"])
         if then is not None and then.get("keep"):
             # Retention after the commit (not on a clock of its own), so the newest
             # ``keep`` are exactly what remains once the last scheduled backup is in.
@@ -353,6 +387,7 @@ def abort_checkpoint(
         exc_out = CheckpointAborted(_abort_message(summary), summary)
         abort_checkpoint.backend.mark_as_failure(plan["outer_task_id"], exc_out)
         _announce(abort_checkpoint, plan["outer_task_id"], exc_out)
+        _unlock(abort_checkpoint.backend, plan["project"], plan["outer_task_id"])
     return summary
 
 
@@ -386,6 +421,7 @@ def checkpoint_deadline(
         )
         checkpoint_deadline.backend.mark_as_failure(task_id, exc)
         _announce(checkpoint_deadline, task_id, exc)
+        _unlock(checkpoint_deadline.backend, project, task_id)
         summary["marked_failed"] = True
     return summary
 
@@ -469,10 +505,12 @@ def restore_after_checkpoint(
         )
         backend.mark_as_failure(outer_task_id, failure)
         _announce(restore_after_checkpoint, outer_task_id, failure)
+        _unlock(backend, committed["project"], outer_task_id)
         raise failure from exc
     result = {"checkpoint": dict(committed), "restore": restored}
     backend.mark_as_done(outer_task_id, result)
     _announce(restore_after_checkpoint, outer_task_id, result)
+    _unlock(backend, committed["project"], outer_task_id)
     return result
 
 
