@@ -33,6 +33,7 @@ from .errors import (
 )
 from .names import check_image_ref, check_node, check_project
 from .node_report import node_report
+from .nodes import require_node
 from .options import (
     CheckpointJobOptions,
     MigrateOptions,
@@ -456,6 +457,8 @@ def migrate(
     source = _this_node(source)
     if source == target:
         raise InvalidInput("migrate needs two different nodes; use restore for in place")
+    # Before anything stops: an evicted workload needs a live target to be restored on.
+    require_node(self.app, target)
     ck_opts = CheckpointJobOptions(
         leave_running=False,
         tcp_established=opts.tcp_established,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import (
+    InvalidInput,
     ObjectNotFound,
     PodchordError,
     PodmanConflict,
@@ -46,7 +47,10 @@ def resolve_checkpoint(store: Store, ref: str) -> tuple[str, str]:
         InvalidInput: a malformed reference.
         ObjectNotFound: no such committed checkpoint.
     """
-    project, _, checkpoint_id = str(ref).partition("/")
+    if not isinstance(ref, str):
+        # str(None) would pass as a (wrong) project name; say what was wrong instead.
+        raise InvalidInput(f"checkpoint reference must be a string, got {type(ref).__name__}")
+    project, _, checkpoint_id = ref.partition("/")
     check_project(project)
     if checkpoint_id:
         check_checkpoint_id(checkpoint_id)
