@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import (
     InvalidInput,
+    ManifestInvalid,
     ObjectNotFound,
     PodchordError,
     PodmanConflict,
@@ -69,7 +70,14 @@ def resolve_checkpoint(store: Store, ref: str) -> tuple[str, str]:
 def load_manifest(store: Store, ref: str) -> Manifest:
     """Read and validate the manifest a checkpoint reference names."""
     project, checkpoint_id = resolve_checkpoint(store, ref)
-    return parse_manifest(store.read_manifest(project, checkpoint_id), store.layout)
+    manifest = parse_manifest(store.read_manifest(project, checkpoint_id), store.layout)
+    # A manifest copied under another id or project would restore someone else's archives.
+    if (manifest.project, manifest.checkpoint_id) != (project, checkpoint_id):
+        raise ManifestInvalid(
+            f"manifest at {project}/{checkpoint_id} describes "
+            f"{manifest.project}/{manifest.checkpoint_id}; refused"
+        )
+    return manifest
 
 
 @dataclass
