@@ -496,7 +496,8 @@ def restore_after_checkpoint(
             rt.libpod(), rt.store(), ref, node, opts, spool_dir=rt.settings.spool_dir,
             redelivered=deliveries > 1,
         )
-    except PodchordError as exc:
+    except Exception as exc:
+        # Any failure, typed or not (a full disk, a bug): the workload goes back home.
         fallback = restore_project.apply_async(
             (ref, source, {"tcp_established": opts.tcp_established, "ignore_volumes": True}),
             queue=node_queue(source),

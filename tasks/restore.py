@@ -10,6 +10,7 @@ removed again and the error names the service and Podman's message.
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,9 @@ from .errors import (
     PodmanConflict,
     PodmanError,
     PodmanNotFound,
+    PodmanUnreachable,
     RestoreFailed,
+    SpoolUnavailable,
 )
 from .keys import check_checkpoint_id
 from .libpod import Libpod
@@ -137,17 +140,19 @@ def restore_project(
         # would stay on disk for good.
         for stale in Path(spool_dir).glob(f"restore-{manifest.checkpoint_id}-*"):
             shutil.rmtree(stale, ignore_errors=True)
-    spool = private_dir(Path(spool_dir) / f"restore-{manifest.checkpoint_id}-{time.time_ns()}")
+    spool = Path(spool_dir) / f"restore-{manifest.checkpoint_id}-{time.time_ns()}"
     try:
+        with _spool_errors(spool):
+            private_dir(spool)
         with undo.timed("preflight", on_phase):
             adopted = _preflight(lp, manifest, opts, undo, redelivered=redelivered)
-        with undo.timed("download", on_phase):
+        with undo.timed("download", on_phase), _spool_errors(spool):
             archives = {
                 s.name: _download(store, s.archive, spool / f"{s.name}.tar", undo)
                 for s in manifest.services
             }
         try:
-            with undo.timed("images", on_phase):
+            with undo.timed("images", on_phase), _spool_errors(spool):
                 _ensure_images(lp, store, manifest, spool, undo)
             with undo.timed("probe", on_phase):
                 lp.require_checkpoint(manifest.services[0].image_id)
@@ -157,8 +162,11 @@ def restore_project(
                 services = _restore_services(
                     lp, manifest, archives, opts, ignore_static, undo, adopted
                 )
-        except PodchordError:
-            _roll_back(lp, undo)
+        except BaseException as exc:
+            # Any failure, typed or not (a soft time limit, a bug): never leave half a project.
+            left = _roll_back(lp, undo)
+            if left:
+                exc.add_note(f"podchord: rollback could not remove {left}")
             raise
     finally:
         shutil.rmtree(spool, ignore_errors=True)
@@ -173,6 +181,18 @@ def restore_project(
         "notes": undo.notes,
         "timings": undo.timings,
     }
+
+
+@contextlib.contextmanager
+def _spool_errors(spool: Path) -> Iterator[None]:
+    """Local disk trouble (full, read-only) becomes a typed error naming the folder."""
+    try:
+        yield
+    except OSError as exc:
+        raise SpoolUnavailable(
+            f"spool folder {spool.parent} cannot be written ({exc.strerror or exc}); "
+            "nothing was restored"
+        ) from exc
 
 
 def _preflight(
@@ -283,9 +303,11 @@ def _restore_services(
             lp.container_state(svc.container)
             lp.remove(svc.container, force=True, volumes=False)  # stopped husk; volumes kept
             undo.notes.append(f"replaced the stopped container {svc.container}")
+        # Recorded before the call: if Podman dies while it restores, the container may
+        # exist although the answer never came (a same-named one was removed just above).
+        undo.containers.append(svc.container)
         try:
             result = lp.restore(archives[svc.name], replace(base))
-            undo.containers.append(svc.container)
             lp.wait_state(svc.container, ("running",), timeout_s=opts.start_timeout_s)
         except PodchordError as exc:
             if isinstance(exc, RestoreFailed):
@@ -298,13 +320,41 @@ def _restore_services(
     return out
 
 
-def _roll_back(lp: Libpod, undo: _Undo) -> None:
-    """Remove what this restore created; best effort, every step tried."""
+def _roll_back(lp: Libpod, undo: _Undo) -> list[str]:
+    """Remove what this restore created; every step tried. Returns what it could not remove.
+
+    A Podman service that just died (the likely cause of the failure) is given
+    ``_ROLLBACK_WAIT_S`` to come back, or the restored half of the project stays behind.
+    """
+    deadline = time.monotonic() + _ROLLBACK_WAIT_S
+    left: list[str] = []
     for name in reversed(undo.containers):
-        with contextlib.suppress(PodchordError):
-            lp.remove(name, force=True, volumes=False)
+        if not _retry(functools.partial(lp.remove, name, force=True, volumes=False), deadline):
+            left.append(f"container {name}")
     for name in reversed(undo.networks):
-        with contextlib.suppress(PodchordError):
-            lp.remove_network(name, force=True)
+        if not _retry(functools.partial(lp.remove_network, name, force=True), deadline):
+            left.append(f"network {name}")
     for path in undo.files:
         path.unlink(missing_ok=True)
+    return left
+
+
+_ROLLBACK_WAIT_S = 60.0
+
+
+def _retry(step: Callable[[], None], deadline: float) -> bool:
+    """Run ``step`` until it succeeds (or finds nothing to remove); retry while unreachable."""
+    delay_s = 0.2
+    while True:
+        try:
+            step()
+            return True
+        except PodmanNotFound:
+            return True
+        except PodmanUnreachable:
+            if time.monotonic() + delay_s > deadline:
+                return False
+            time.sleep(delay_s)
+            delay_s = min(delay_s * 2, 5.0)
+        except PodchordError:
+            return False
