@@ -172,7 +172,8 @@ class _Conn:
 class PodmanCutProxy:
     """A Unix-socket proxy to a libpod socket that can cut Podman off for a while.
 
-    ``cut_on_restore_response = n`` cuts when the answer to the n-th restore request
+    ``cut_on_restore_request = n`` cuts while the n-th restore request's upload has only
+    begun. ``cut_on_restore_response = n`` cuts when the answer to the n-th restore request
     (``/containers/import/restore``) starts: Podman has done the restore, the worker never
     hears of it -- what a Podman service killed at that moment looks like from the worker.
     The outage then lasts ``outage_s``: new connections are closed without an answer.
@@ -181,6 +182,7 @@ class PodmanCutProxy:
     path: str
     upstream: str
     cut_on_restore_response: int | None = None
+    cut_on_restore_request: int | None = None
     outage_s: float = 3.0
     cuts: int = 0
     restore_requests: int = 0
@@ -255,6 +257,13 @@ class PodmanCutProxy:
                 with self._lock:
                     self.restore_requests += 1
                     conn.restore_requests = self.restore_requests
+                n = self.cut_on_restore_request
+                if n is not None and conn.restore_requests == n and self.cuts == 0:
+                    # Podman gets the request line and a first piece of the upload.
+                    with contextlib.suppress(OSError):
+                        conn.upstream.sendall(data)
+                    self.cut()
+                    return
             try:
                 conn.upstream.sendall(data)
             except OSError:
