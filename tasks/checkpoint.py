@@ -38,6 +38,7 @@ from .errors import (
     PodmanNotFound,
     ProjectError,
     SpoolUnavailable,
+    StoreError,
     StoreUnavailable,
 )
 from .keys import check_checkpoint_id, new_checkpoint_id
@@ -439,12 +440,17 @@ def abort_checkpoint(
         "rolled_back": [],
         "not_rolled_back": {},
     }
-    if store.exists(layout.manifest(project, checkpoint_id)):
-        summary["committed"] = True  # a late failure after the commit: keep everything
-        return summary
-    prefix = layout.checkpoint_prefix(project, checkpoint_id)
-    summary["aborted_uploads"] = store.abort_uploads(prefix)
-    summary["deleted_objects"] = store.delete_prefix(prefix)
+    # The store may be what failed: its cleanup is best effort (prune removes uncommitted
+    # leftovers later), the rollback of the workload below must happen regardless.
+    try:
+        if store.exists(layout.manifest(project, checkpoint_id)):
+            summary["committed"] = True  # a late failure after the commit: keep everything
+            return summary
+        prefix = layout.checkpoint_prefix(project, checkpoint_id)
+        summary["aborted_uploads"] = store.abort_uploads(prefix)
+        summary["deleted_objects"] = store.delete_prefix(prefix)
+    except StoreError as exc:
+        summary["store_error"] = f"store cleanup failed, left for prune: {exc}"
     if lp is not None and spool_dir is not None:
         for service in plan["services"]:
             outcome = _roll_back(lp, plan, service, spool_dir)

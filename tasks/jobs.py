@@ -30,6 +30,7 @@ from .errors import (
     InvalidInput,
     MigrationFailed,
     PodchordError,
+    StoreError,
 )
 from .names import check_image_ref, check_node, check_project
 from .node_report import node_report
@@ -410,7 +411,12 @@ def checkpoint_deadline(
         # failure runs the abort, with rollback, on the node); never delete under it.
         if coord is not None and coord.decide(checkpoint_id, "abort") == "commit":
             return {**summary, "committed": True}
-        if store.exists(store.layout.manifest(project, checkpoint_id)):
+        try:
+            committed = store.exists(store.layout.manifest(project, checkpoint_id))
+        except StoreError as store_exc:  # S3 down: still fail the caller clean, below
+            committed = False
+            summary["store_error"] = str(store_exc)
+        if committed:
             return {**summary, "committed": True}
         plan = {"project": project, "checkpoint_id": checkpoint_id, "node": node,
                 "mode": "backup", "services": []}
@@ -566,6 +572,8 @@ def _abort_message(summary: Mapping[str, Any]) -> str:
         parts.append(f"running again on {summary['node']}: {', '.join(summary['rolled_back'])}")
     if summary["not_rolled_back"]:
         parts.append(f"NOT rolled back: {summary['not_rolled_back']}")
+    if summary.get("store_error"):
+        parts.append(summary["store_error"])
     return "; ".join(parts)
 
 
