@@ -137,7 +137,9 @@ class S3FaultProxy:
             for k, v in resp.getheaders():
                 if k.lower() not in ("transfer-encoding", "content-length", "connection"):
                     h.send_header(k, v)
-            h.send_header("Content-Length", str(len(data)))
+            # A HEAD answer has no body but announces the object's length.
+            length = resp.getheader("Content-Length") if h.command == "HEAD" else None
+            h.send_header("Content-Length", length or str(len(data)))
             h.end_headers()
             if h.command != "HEAD":
                 h.wfile.write(data)
