@@ -504,6 +504,7 @@ def _open_spool(spool: Path) -> int:
         SpoolUnavailable: the folder cannot be written; nothing was dumped yet.
     """
     try:
+        private_dir(spool.parent.parent)  # the spool root too: names say what is moved
         private_dir(spool.parent)
         part = spool.with_name(spool.name + ".part")
         return os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

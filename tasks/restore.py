@@ -143,6 +143,7 @@ def restore_project(
     spool = Path(spool_dir) / f"restore-{manifest.checkpoint_id}-{time.time_ns()}"
     try:
         with _spool_errors(spool):
+            private_dir(spool.parent)  # the spool root too: names say what is moved
             private_dir(spool)
         with undo.timed("preflight", on_phase):
             adopted = _preflight(lp, manifest, opts, undo, redelivered=redelivered)
