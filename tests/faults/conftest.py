@@ -148,11 +148,13 @@ class OwnRedis:
     port: int
     workdir: Path
     appendonly: bool = True
+    password: str | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}"
 
     def start(self) -> None:
         args = [
@@ -160,13 +162,13 @@ class OwnRedis:
             "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "always", "--databases", "4",
-        ]
+        ] + (["--requirepass", self.password] if self.password else [])
         log = (self.workdir / "redis.log").open("ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while True:
             with contextlib.suppress(redis.RedisError):
-                if redis.Redis(port=self.port, socket_timeout=1).ping():
+                if redis.Redis(port=self.port, password=self.password, socket_timeout=1).ping():
                     return
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 _unavailable(f"own redis-server did not start: {self.workdir / 'redis.log'}")
