@@ -24,11 +24,9 @@ from workers.sample import remove_sample
 pytestmark = pytest.mark.podman
 
 
-@pytest.mark.parametrize(
-    "when",
-    ["response", "request"],
-    ids=["restore-done-answer-lost", "mid-upload"],
-)
+# "request" (cut while the archive uploads) is the milder case: Podman then sees a broken
+# upload and creates nothing. It is left out to keep the suite short; the proxy supports it.
+@pytest.mark.parametrize("when", ["response"], ids=["restore-done-answer-lost"])
 def test_podman_dies_mid_restore_nothing_half_restored(
     stack, testbed, backup, mini_stack, tmp_path, node_b, when
 ):
