@@ -250,11 +250,14 @@ def _launch_checkpoint(
 
 
 def _unlock(backend: Any, project: str, token: str) -> None:
-    """Release the project lock after the final result was written (see ``tasks.lock``)."""
+    """Release the project lock, right before the final result is written (``tasks.lock``).
+
+    Before, not after: a caller that sees the result may start the next operation at once.
+    """
     client = getattr(backend, "client", None)
     if client is None:
         return
-    # The result is written already; a lock that cannot be released now expires on its own.
+    # The result must still be written: a lock that cannot be released expires on its own.
     with contextlib.suppress(Exception):
         lock.release(client, project, token)
 
@@ -342,9 +345,9 @@ def commit_manifest(results: list[Mapping[str, Any]], plan: Mapping[str, Any]) -
         summary["source_removed"] = ck.drop_husks(rt.libpod(), plan)
     then = plan.get("then")
     if then is None or "target" not in then:
+        _unlock(commit_manifest.backend, plan["project"], plan["outer_task_id"])
         commit_manifest.backend.mark_as_done(plan["outer_task_id"], summary)
         _announce(commit_manifest, plan["outer_task_id"], summary)
-        _unlock(commit_manifest.backend, plan["project"], plan["outer_task_id"])
         if then is not None and then.get("keep"):
             # Retention after the commit (not on a clock of its own), so the newest
             # ``keep`` are exactly what remains once the last scheduled backup is in.
@@ -387,9 +390,9 @@ def abort_checkpoint(
     )
     if not summary["committed"]:
         exc_out = CheckpointAborted(_abort_message(summary), summary)
+        _unlock(abort_checkpoint.backend, plan["project"], plan["outer_task_id"])
         abort_checkpoint.backend.mark_as_failure(plan["outer_task_id"], exc_out)
         _announce(abort_checkpoint, plan["outer_task_id"], exc_out)
-        _unlock(abort_checkpoint.backend, plan["project"], plan["outer_task_id"])
     return summary
 
 
@@ -426,9 +429,9 @@ def checkpoint_deadline(
             f"checkpoint of {project} on node {node} was not committed by its deadline "
             f"(is the worker of node {node} running?); nothing was committed"
         )
+        _unlock(checkpoint_deadline.backend, project, task_id)
         checkpoint_deadline.backend.mark_as_failure(task_id, exc)
         _announce(checkpoint_deadline, task_id, exc)
-        _unlock(checkpoint_deadline.backend, project, task_id)
         summary["marked_failed"] = True
     return summary
 
@@ -513,14 +516,14 @@ def restore_after_checkpoint(
             f"(task {fallback.id})",
             fallback_task_id=fallback.id,
         )
+        _unlock(backend, committed["project"], outer_task_id)
         backend.mark_as_failure(outer_task_id, failure)
         _announce(restore_after_checkpoint, outer_task_id, failure)
-        _unlock(backend, committed["project"], outer_task_id)
         raise failure from exc
     result = {"checkpoint": dict(committed), "restore": restored}
+    _unlock(backend, committed["project"], outer_task_id)
     backend.mark_as_done(outer_task_id, result)
     _announce(restore_after_checkpoint, outer_task_id, result)
-    _unlock(backend, committed["project"], outer_task_id)
     return result
 
 
