@@ -17,6 +17,7 @@ from celery.result import AsyncResult
 
 from .jobs import SHARED_QUEUE, node_queue
 from .names import check_node, check_project
+from .nodes import require_node
 from .options import CheckpointJobOptions, MigrateOptions, RestoreJobOptions, decode_options
 
 __all__ = ["checkpoint", "migrate", "restore"]
@@ -39,6 +40,7 @@ def restore(
 ) -> AsyncResult:
     """Queue ``podchord.restore_project`` on the target node's queue."""
     decode_options(RestoreJobOptions, options)
+    require_node(app, node)  # a restore has no deadline: never queue it to nobody
     return app.send_task(
         "podchord.restore_project", args=(checkpoint_ref, node, dict(options or {})),
         queue=node_queue(node),
@@ -62,6 +64,8 @@ def _send(
     deadline_s: float | None,
 ) -> AsyncResult:
     if deadline_s is None:
+        # Without a deadline nothing would ever fail a task queued to a node nobody serves.
+        require_node(app, node)
         return app.send_task(name, args=args, queue=node_queue(node))
     deadline = time.time() + deadline_s
     result = app.send_task(

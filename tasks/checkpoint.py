@@ -37,6 +37,8 @@ from .errors import (
     PodchordError,
     PodmanNotFound,
     ProjectError,
+    SpoolUnavailable,
+    StoreError,
     StoreUnavailable,
 )
 from .keys import check_checkpoint_id, new_checkpoint_id
@@ -206,15 +208,27 @@ def checkpoint_service(
             # backup, and on rollback if an eviction's export stream breaks half-way.
             keep=True,
         )
-        with lp.checkpoint_export(service["container"], copts) as chunks:
-            if not eviction:
-                # Podman answers only once its archive is whole (in a temp file), so the
-                # backup's container can run again while the archive streams out.
-                _resume(lp, service["container"], opts["tcp_established"])
-            if spool is None:
-                result = store.put_stream(key, chunks, compress=opts["compress"], progress=progress)
-            else:
-                result = _put_teed(store, key, chunks, spool, opts["compress"], plan, progress)
+        # The spool file is opened before the dump: a spool folder that cannot be written
+        # refuses the eviction while the container still runs.
+        part = None if spool is None else _open_spool(spool)
+        try:
+            with lp.checkpoint_export(service["container"], copts) as chunks:
+                if not eviction:
+                    # Podman answers only once its archive is whole (in a temp file), so
+                    # the backup's container can run again while the archive streams out.
+                    _resume(lp, service["container"], opts["tcp_established"])
+                if spool is None or part is None:
+                    result = store.put_stream(
+                        key, chunks, compress=opts["compress"], progress=progress
+                    )
+                else:
+                    fd, part = part, None  # _put_teed closes it
+                    result = _put_teed(
+                        store, key, chunks, spool, fd, opts["compress"], plan, progress
+                    )
+        finally:
+            if part is not None:  # the dump failed before the tee began
+                os.close(part)
     ended = time.time()
     record = ServiceRecord(
         name=name,
@@ -426,12 +440,17 @@ def abort_checkpoint(
         "rolled_back": [],
         "not_rolled_back": {},
     }
-    if store.exists(layout.manifest(project, checkpoint_id)):
-        summary["committed"] = True  # a late failure after the commit: keep everything
-        return summary
-    prefix = layout.checkpoint_prefix(project, checkpoint_id)
-    summary["aborted_uploads"] = store.abort_uploads(prefix)
-    summary["deleted_objects"] = store.delete_prefix(prefix)
+    # The store may be what failed: its cleanup is best effort (prune removes uncommitted
+    # leftovers later), the rollback of the workload below must happen regardless.
+    try:
+        if store.exists(layout.manifest(project, checkpoint_id)):
+            summary["committed"] = True  # a late failure after the commit: keep everything
+            return summary
+        prefix = layout.checkpoint_prefix(project, checkpoint_id)
+        summary["aborted_uploads"] = store.abort_uploads(prefix)
+        summary["deleted_objects"] = store.delete_prefix(prefix)
+    except StoreError as exc:
+        summary["store_error"] = f"store cleanup failed, left for prune: {exc}"
     if lp is not None and spool_dir is not None:
         for service in plan["services"]:
             outcome = _roll_back(lp, plan, service, spool_dir)
@@ -478,40 +497,90 @@ def _roll_back(
     return None
 
 
+def _open_spool(spool: Path) -> int:
+    """Create the spool's ``.part`` file (0600 in a 0700 folder); return its descriptor.
+
+    Raises:
+        SpoolUnavailable: the folder cannot be written; nothing was dumped yet.
+    """
+    try:
+        private_dir(spool.parent.parent)  # the spool root too: names say what is moved
+        private_dir(spool.parent)
+        part = spool.with_name(spool.name + ".part")
+        return os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise SpoolUnavailable(
+            f"spool folder {spool.parent} cannot be written ({exc.strerror or exc}); "
+            "nothing was dumped"
+        ) from exc
+
+
 def _put_teed(
     store: Store,
     key: str,
     chunks: Iterator[bytes],
     spool: Path,
+    fd: int,
     compress: bool,
     plan: Mapping[str, Any],
     progress: Progress | None,
 ) -> PutResult:
-    """Upload while writing the spool; on an upload failure finish the spool and retry."""
-    private_dir(spool.parent)
+    """Upload while writing the spool; on an upload failure finish the spool and retry.
+
+    The container is stopped once its dump streams, so the upload is what keeps it: a spool
+    that fills up (or fails) mid-way is dropped and the upload goes on without it.
+    """
     part = spool.with_name(spool.name + ".part")
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as out:
+    spool_error: OSError | None = None
+    try:
 
         def tee() -> Iterator[bytes]:
+            nonlocal spool_error
             for chunk in chunks:
-                out.write(chunk)
+                if spool_error is None:
+                    try:
+                        _write_all(fd, chunk)
+                    except OSError as exc:
+                        spool_error = exc
+                        log.warning("spool %s failed (%s); uploading without it", part, exc)
                 yield chunk
 
         teed = tee()
         try:
             result = store.put_stream(key, teed, compress=compress, progress=progress)
         except StoreUnavailable as exc:
+            if spool_error is not None:
+                raise
             log.warning("upload of %s failed (%s); finishing the spool file to retry", key, exc)
             for _ in teed:  # drain Podman's stream into the spool
                 pass
             result = None
-        out.flush()
-        os.fsync(out.fileno())
+        if spool_error is None:
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                spool_error = exc
+    finally:
+        os.close(fd)
+    if spool_error is not None:
+        part.unlink(missing_ok=True)
+        if result is None:
+            raise SpoolUnavailable(
+                f"upload of {key} failed and the spool {part} could not hold it "
+                f"({spool_error.strerror or spool_error})"
+            ) from spool_error
+        return result
     os.replace(part, spool)
     if result is None:
         result = _upload_file(store, key, spool, compress, plan, progress)
     return result
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a short write is not an error by itself)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _upload_file(

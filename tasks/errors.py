@@ -23,6 +23,7 @@ errors (httpx, botocore, OSError) are translated once, at the boundary that meet
     │   ├── ManifestExists           a manifest for this checkpoint id is already committed
     │   └── ObjectTooLarge           a small object (manifest) is larger than allowed
     ├── ProjectError                 a project cannot be checkpointed as asked
+    ├── SpoolUnavailable             the local spool folder cannot be written (full, read-only)
     ├── CheckpointAborted            a project checkpoint failed and was rolled back
     ├── MigrationFailed              a migration's restore failed; the source gets it back
     ├── LockHeld                     another operation on the same project is running
@@ -56,6 +57,7 @@ __all__ = [
     "PodmanUnreachable",
     "ProjectError",
     "RestoreFailed",
+    "SpoolUnavailable",
     "StoreError",
     "StoreUnavailable",
 ]
@@ -206,6 +208,10 @@ class ObjectTooLarge(StoreError):
 
 class ProjectError(PodchordError):
     """Raised when a project cannot be checkpointed as asked (none, duplicates, not running)."""
+
+
+class SpoolUnavailable(PodchordError):
+    """Raised when a local spool file or folder cannot be written (disk full, read-only)."""
 
 
 class LockHeld(PodchordError):

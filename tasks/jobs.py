@@ -21,6 +21,7 @@ from celery.result import AsyncResult
 from celery.states import READY_STATES
 
 from . import checkpoint as ck
+from . import lock
 from . import restore as rs
 from .coord import Coordinator, coordinator
 from .errors import (
@@ -29,16 +30,18 @@ from .errors import (
     InvalidInput,
     MigrationFailed,
     PodchordError,
+    StoreError,
 )
 from .names import check_image_ref, check_node, check_project
 from .node_report import node_report
+from .nodes import require_node
 from .options import (
     CheckpointJobOptions,
     MigrateOptions,
     RestoreJobOptions,
     decode_options,
 )
-from .runtime import runtime
+from .runtime import Runtime, runtime
 
 __all__ = [
     "SHARED_QUEUE",
@@ -164,6 +167,31 @@ def _start_checkpoint(
     outer = task.request.id
     if AsyncResult(outer, app=task.app).state in READY_STATES:
         raise Ignore()  # a redelivery after the chord already finished
+    client = getattr(task.backend, "client", None)
+    if client is not None:  # a Redis backend (always, with valid settings)
+        ttl_s = lock.lock_ttl_s(opts.deadline_s, rt.settings.task_timeout_s)
+        what = "migrate" if then is not None and "target" in then else "checkpoint"
+        lock.acquire(client, project, outer, ttl_s, what)  # a redelivery holds it already
+    try:
+        _launch_checkpoint(task, rt, project, node, opts, then)
+    except BaseException:
+        # Nothing was launched (or launching failed): nobody else will release the lock.
+        _unlock(task.backend, project, outer)
+        raise
+    # The final state is written by commit/abort/restore; Ignore keeps Celery from
+    # overwriting this task's PROGRESS state with a premature SUCCESS.
+    raise Ignore()
+
+
+def _launch_checkpoint(
+    task: Any,
+    rt: Runtime,
+    project: str,
+    node: str,
+    opts: CheckpointJobOptions,
+    then: Mapping[str, Any] | None,
+) -> None:
+    outer = task.request.id
     coord = coordinator(task.backend)
     plan = None if coord is None else coord.recorded_plan(outer)
     if plan is None:
@@ -219,9 +247,19 @@ def _start_checkpoint(
     chord(group(header, task_id=_part_id(outer, "header")), body).apply_async(
         task_id=_part_id(outer, "commit")
     )
-    # The final state is written by commit/abort/restore; Ignore keeps Celery from
-    # overwriting this task's PROGRESS state with a premature SUCCESS.
-    raise Ignore()
+
+
+def _unlock(backend: Any, project: str, token: str) -> None:
+    """Release the project lock, right before the final result is written (``tasks.lock``).
+
+    Before, not after: a caller that sees the result may start the next operation at once.
+    """
+    client = getattr(backend, "client", None)
+    if client is None:
+        return
+    # The result must still be written: a lock that cannot be released expires on its own.
+    with contextlib.suppress(Exception):
+        lock.release(client, project, token)
 
 
 @shared_task(name="podchord.backup", bind=True)
@@ -307,6 +345,7 @@ def commit_manifest(results: list[Mapping[str, Any]], plan: Mapping[str, Any]) -
         summary["source_removed"] = ck.drop_husks(rt.libpod(), plan)
     then = plan.get("then")
     if then is None or "target" not in then:
+        _unlock(commit_manifest.backend, plan["project"], plan["outer_task_id"])
         commit_manifest.backend.mark_as_done(plan["outer_task_id"], summary)
         _announce(commit_manifest, plan["outer_task_id"], summary)
         if then is not None and then.get("keep"):
@@ -351,6 +390,7 @@ def abort_checkpoint(
     )
     if not summary["committed"]:
         exc_out = CheckpointAborted(_abort_message(summary), summary)
+        _unlock(abort_checkpoint.backend, plan["project"], plan["outer_task_id"])
         abort_checkpoint.backend.mark_as_failure(plan["outer_task_id"], exc_out)
         _announce(abort_checkpoint, plan["outer_task_id"], exc_out)
     return summary
@@ -374,7 +414,12 @@ def checkpoint_deadline(
         # failure runs the abort, with rollback, on the node); never delete under it.
         if coord is not None and coord.decide(checkpoint_id, "abort") == "commit":
             return {**summary, "committed": True}
-        if store.exists(store.layout.manifest(project, checkpoint_id)):
+        try:
+            committed = store.exists(store.layout.manifest(project, checkpoint_id))
+        except StoreError as store_exc:  # S3 down: still fail the caller clean, below
+            committed = False
+            summary["store_error"] = str(store_exc)
+        if committed:
             return {**summary, "committed": True}
         plan = {"project": project, "checkpoint_id": checkpoint_id, "node": node,
                 "mode": "backup", "services": []}
@@ -384,6 +429,7 @@ def checkpoint_deadline(
             f"checkpoint of {project} on node {node} was not committed by its deadline "
             f"(is the worker of node {node} running?); nothing was committed"
         )
+        _unlock(checkpoint_deadline.backend, project, task_id)
         checkpoint_deadline.backend.mark_as_failure(task_id, exc)
         _announce(checkpoint_deadline, task_id, exc)
         summary["marked_failed"] = True
@@ -420,6 +466,8 @@ def migrate(
     source = _this_node(source)
     if source == target:
         raise InvalidInput("migrate needs two different nodes; use restore for in place")
+    # Before anything stops: an evicted workload needs a live target to be restored on.
+    require_node(self.app, target)
     ck_opts = CheckpointJobOptions(
         leave_running=False,
         tcp_established=opts.tcp_established,
@@ -457,7 +505,8 @@ def restore_after_checkpoint(
             rt.libpod(), rt.store(), ref, node, opts, spool_dir=rt.settings.spool_dir,
             redelivered=deliveries > 1,
         )
-    except PodchordError as exc:
+    except Exception as exc:
+        # Any failure, typed or not (a full disk, a bug): the workload goes back home.
         fallback = restore_project.apply_async(
             (ref, source, {"tcp_established": opts.tcp_established, "ignore_volumes": True}),
             queue=node_queue(source),
@@ -467,10 +516,12 @@ def restore_after_checkpoint(
             f"(task {fallback.id})",
             fallback_task_id=fallback.id,
         )
+        _unlock(backend, committed["project"], outer_task_id)
         backend.mark_as_failure(outer_task_id, failure)
         _announce(restore_after_checkpoint, outer_task_id, failure)
         raise failure from exc
     result = {"checkpoint": dict(committed), "restore": restored}
+    _unlock(backend, committed["project"], outer_task_id)
     backend.mark_as_done(outer_task_id, result)
     _announce(restore_after_checkpoint, outer_task_id, result)
     return result
@@ -524,6 +575,8 @@ def _abort_message(summary: Mapping[str, Any]) -> str:
         parts.append(f"running again on {summary['node']}: {', '.join(summary['rolled_back'])}")
     if summary["not_rolled_back"]:
         parts.append(f"NOT rolled back: {summary['not_rolled_back']}")
+    if summary.get("store_error"):
+        parts.append(summary["store_error"])
     return "; ".join(parts)
 
 

@@ -179,6 +179,22 @@ def _parse(doc: Mapping[str, Any], layout: KeyLayout) -> Manifest:
     images = tuple(
         _image(_obj(i, "image"), layout.images_prefix) for i in _get(doc, "images", list)
     )
+    # Every record must point at its own object: a record swapped or copied from another
+    # service would restore the wrong container under this one's name.
+    for svc in services:
+        own = layout.service_archive(
+            project, checkpoint_id, svc.name, compressed=svc.archive.compression == "zstd"
+        )
+        if svc.archive.key != own:
+            raise ManifestInvalid(
+                f"service {svc.name}: archive key {svc.archive.key!r} is not its own ({own!r})"
+            )
+    for image in images:
+        if image.archive.key != layout.image(image.id):
+            raise ManifestInvalid(
+                f"image {image.id}: archive key {image.archive.key!r} is not its own "
+                f"({layout.image(image.id)!r})"
+            )
     networks = tuple(
         NetworkDef.from_json(_obj(n, "network")) for n in _get(doc, "networks", list)
     )

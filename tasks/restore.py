@@ -11,6 +11,7 @@ and Podman's message.
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -20,12 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import (
+    InvalidInput,
+    ManifestInvalid,
     ObjectNotFound,
     PodchordError,
     PodmanConflict,
     PodmanError,
     PodmanNotFound,
+    PodmanUnreachable,
     RestoreFailed,
+    SpoolUnavailable,
 )
 from .keys import check_checkpoint_id
 from .libpod import Libpod
@@ -59,7 +64,10 @@ def resolve_checkpoint(store: Store, ref: str) -> tuple[str, str]:
         InvalidInput: a malformed reference.
         ObjectNotFound: no such committed checkpoint.
     """
-    project, _, checkpoint_id = str(ref).partition("/")
+    if not isinstance(ref, str):
+        # str(None) would pass as a (wrong) project name; say what was wrong instead.
+        raise InvalidInput(f"checkpoint reference must be a string, got {type(ref).__name__}")
+    project, _, checkpoint_id = ref.partition("/")
     check_project(project)
     if checkpoint_id:
         check_checkpoint_id(checkpoint_id)
@@ -78,7 +86,14 @@ def resolve_checkpoint(store: Store, ref: str) -> tuple[str, str]:
 def load_manifest(store: Store, ref: str) -> Manifest:
     """Read and validate the manifest a checkpoint reference names."""
     project, checkpoint_id = resolve_checkpoint(store, ref)
-    return parse_manifest(store.read_manifest(project, checkpoint_id), store.layout)
+    manifest = parse_manifest(store.read_manifest(project, checkpoint_id), store.layout)
+    # A manifest copied under another id or project would restore someone else's archives.
+    if (manifest.project, manifest.checkpoint_id) != (project, checkpoint_id):
+        raise ManifestInvalid(
+            f"manifest at {project}/{checkpoint_id} describes "
+            f"{manifest.project}/{manifest.checkpoint_id}; refused"
+        )
+    return manifest
 
 
 @dataclass
@@ -138,8 +153,11 @@ def restore_project(
         # would stay on disk for good.
         for stale in Path(spool_dir).glob(f"restore-{manifest.checkpoint_id}-*"):
             shutil.rmtree(stale, ignore_errors=True)
-    spool = private_dir(Path(spool_dir) / f"restore-{manifest.checkpoint_id}-{time.time_ns()}")
+    spool = Path(spool_dir) / f"restore-{manifest.checkpoint_id}-{time.time_ns()}"
     try:
+        with _spool_errors(spool):
+            private_dir(spool.parent)  # the spool root too: names say what is moved
+            private_dir(spool)
         adopted: set[str] = set()
 
         def checks() -> None:
@@ -147,26 +165,29 @@ def restore_project(
             with undo.timed("preflight", on_phase):
                 adopted.update(_preflight(lp, manifest, opts, undo, redelivered=redelivered))
 
-        with undo.timed("download", on_phase):
+        with undo.timed("download", on_phase), _spool_errors(spool):
             archives = _download_services(store, manifest, spool, undo, meanwhile=checks)
-        try:
-            with undo.timed("images", on_phase):
-                _ensure_images(lp, store, manifest, spool, undo)
-            # Not overlapped with the download: with the probe run during the download (and
-            # services restored in parallel), the restore of a client/server pair holding
-            # established TCP connections that followed failed in 3 of 4 runs on the test
-            # bed ("criu failed: type RESTORE"); run here, before the networks, it does not.
-            with undo.timed("probe", on_phase):
-                _probe(lp, node, manifest.services[0].image_id)
-            with undo.timed("networks", on_phase):
-                ignore_static = _ensure_networks(lp, manifest, undo)
-            with undo.timed("restore", on_phase):
-                services = _restore_services(
-                    lp, manifest, archives, opts, ignore_static, undo, adopted
-                )
-        except PodchordError:
-            _roll_back(lp, undo)
-            raise
+        with undo.timed("images", on_phase), _spool_errors(spool):
+            _ensure_images(lp, store, manifest, spool, undo)
+        # Not overlapped with the download: with the probe run during the download (and
+        # services restored in parallel), the restore of a client/server pair holding
+        # established TCP connections that followed failed in 3 of 4 runs on the test
+        # bed ("criu failed: type RESTORE"); run here, before the networks, it does not.
+        with undo.timed("probe", on_phase):
+            _probe(lp, node, manifest.services[0].image_id)
+        with undo.timed("networks", on_phase):
+            ignore_static = _ensure_networks(lp, manifest, undo)
+        with undo.timed("restore", on_phase):
+            services = _restore_services(
+                lp, manifest, archives, opts, ignore_static, undo, adopted
+            )
+    except BaseException as exc:
+        # Any failure, typed or not (a soft time limit, a bug): never leave half a project.
+        # Before the first change this removes nothing but what a redelivery adopted.
+        left = _roll_back(lp, undo)
+        if left:
+            exc.add_note(f"podchord: rollback could not remove {left}")
+        raise
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     undo.timings["total_s"] = round(time.monotonic() - began, 3)
@@ -180,6 +201,18 @@ def restore_project(
         "notes": undo.notes,
         "timings": undo.timings,
     }
+
+
+@contextlib.contextmanager
+def _spool_errors(spool: Path) -> Iterator[None]:
+    """Local disk trouble (full, read-only) becomes a typed error naming the folder."""
+    try:
+        yield
+    except OSError as exc:
+        raise SpoolUnavailable(
+            f"spool folder {spool.parent} cannot be written ({exc.strerror or exc}); "
+            "nothing was restored"
+        ) from exc
 
 
 def _preflight(
@@ -330,9 +363,11 @@ def _restore_services(
             lp.container_state(svc.container)
             lp.remove(svc.container, force=True, volumes=False)  # stopped husk; volumes kept
             undo.notes.append(f"replaced the stopped container {svc.container}")
+        # Recorded before the call: if Podman dies while it restores, the container may
+        # exist although the answer never came (a same-named one was removed just above).
+        undo.containers.append(svc.container)
         try:
             result = lp.restore(archives[svc.name], replace(base))
-            undo.containers.append(svc.container)
             lp.wait_state(svc.container, ("running",), timeout_s=opts.start_timeout_s)
         except PodchordError as exc:
             if isinstance(exc, RestoreFailed) and ignore_static:
@@ -355,13 +390,41 @@ def _restore_services(
     return out
 
 
-def _roll_back(lp: Libpod, undo: _Undo) -> None:
-    """Remove what this restore created; best effort, every step tried."""
+def _roll_back(lp: Libpod, undo: _Undo) -> list[str]:
+    """Remove what this restore created; every step tried. Returns what it could not remove.
+
+    A Podman service that just died (the likely cause of the failure) is given
+    ``_ROLLBACK_WAIT_S`` to come back, or the restored half of the project stays behind.
+    """
+    deadline = time.monotonic() + _ROLLBACK_WAIT_S
+    left: list[str] = []
     for name in reversed(undo.containers):
-        with contextlib.suppress(PodchordError):
-            lp.remove(name, force=True, volumes=False)
+        if not _retry(functools.partial(lp.remove, name, force=True, volumes=False), deadline):
+            left.append(f"container {name}")
     for name in reversed(undo.networks):
-        with contextlib.suppress(PodchordError):
-            lp.remove_network(name, force=True)
+        if not _retry(functools.partial(lp.remove_network, name, force=True), deadline):
+            left.append(f"network {name}")
     for path in undo.files:
         path.unlink(missing_ok=True)
+    return left
+
+
+_ROLLBACK_WAIT_S = 60.0
+
+
+def _retry(step: Callable[[], None], deadline: float) -> bool:
+    """Run ``step`` until it succeeds (or finds nothing to remove); retry while unreachable."""
+    delay_s = 0.2
+    while True:
+        try:
+            step()
+            return True
+        except PodmanNotFound:
+            return True
+        except PodmanUnreachable:
+            if time.monotonic() + delay_s > deadline:
+                return False
+            time.sleep(delay_s)
+            delay_s = min(delay_s * 2, 5.0)
+        except PodchordError:
+            return False

@@ -58,7 +58,7 @@ class Settings:
                 f"PODCHORD_STORE_URL must be s3:// or file://, got {self.store_url!r}"
             )
         allowed = self.allowed_store_prefixes
-        if allowed and not self.store_url.startswith(allowed):
+        if allowed and not any(_under(self.store_url, p) for p in allowed):
             raise InvalidInput(
                 f"store URL {self.store_url!r} is outside PODCHORD_ALLOWED_STORES "
                 f"{list(self.allowed_store_prefixes)}"
@@ -104,3 +104,12 @@ class Settings:
             allowed_store_prefixes=allowed,
             task_timeout_s=int(timeout),
         )
+
+
+def _under(url: str, allowed: str) -> bool:
+    """``url`` is ``allowed`` or below it, on a path boundary.
+
+    A plain prefix test would let ``s3://archives`` admit ``s3://archives-evil/...``.
+    """
+    base = allowed.rstrip("/")
+    return url.rstrip("/") == base or url.startswith(base + "/")
