@@ -32,7 +32,8 @@ __all__ = ["LEASE_TTL_S", "Coordinator", "Decision", "coordinator"]
 
 Decision = Literal["commit", "abort"]
 
-LEASE_TTL_S = 15
+# Renewed every third of it: a killed holder blocks its redelivery for at most this long.
+LEASE_TTL_S = 6
 # Decisions and plans outlive any chord (the app's result_expires is at least a day).
 _RECORD_TTL_S = 7 * 86400
 
