@@ -82,7 +82,7 @@ class StoreSettings:
     """
 
     part_size_bytes: int = 8 * MiB
-    max_concurrency: int = 4
+    max_concurrency: int = 3
     sse: SSE | None = "AES256"
     kms_key_id: str | None = None
     compression_level: int = 3
