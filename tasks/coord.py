@@ -1,7 +1,9 @@
 """Coordination records kept in the result backend's Redis, for redelivered tasks.
 
 Late acks plus requeue-on-worker-loss mean any podchord task can run twice: once in a pool
-process that was killed part-way, then again. Three records make that harmless:
+process that was killed part-way, then again. A delivery count per task id caps the
+redeliveries of a task that kills its worker every time; three more records keep a
+redelivery from doing anything twice:
 
 - the *plan* of a checkpoint, keyed by the outer task id, written once (SET NX): a
   redelivered ``checkpoint_project``/``migrate`` relaunches the very same chord (same
@@ -54,6 +56,8 @@ class _Redis(Protocol):
     def set(self, name: str, value: str, *, ex: int | None = ..., nx: bool = ...) -> Any: ...
     def get(self, name: str) -> Any: ...
     def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Any: ...
+    def incr(self, name: str) -> Any: ...
+    def expire(self, name: str, time: int) -> Any: ...
 
 
 class Coordinator:
@@ -61,6 +65,13 @@ class Coordinator:
 
     def __init__(self, client: _Redis) -> None:
         self._r = client
+
+    def count_delivery(self, task_id: str) -> int:
+        """Count one more delivery of ``task_id``; return how many there were."""
+        key = f"podchord:deliveries:{task_id}"
+        count = int(self._r.incr(key))
+        self._r.expire(key, 86400)  # a task redelivered a day later is a new story
+        return count
 
     def plan_once(self, task_id: str, plan: Mapping[str, Any]) -> dict[str, Any]:
         """Record ``plan`` for ``task_id`` unless one is recorded; return the recorded one."""

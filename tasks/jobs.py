@@ -83,12 +83,10 @@ def _guard_redelivery(task: Any) -> int:
     kills its worker every time (say, out of memory) would otherwise be redelivered forever.
     The count lives in the result backend's Redis, keyed by task id, and expires with results.
     """
-    client = getattr(task.backend, "client", None)
-    if client is None:  # not a Redis backend: no guard
+    coord = coordinator(task.backend)
+    if coord is None:  # not a Redis backend: no guard
         return 1
-    key = f"podchord:deliveries:{task.request.id}"
-    count = int(client.incr(key))
-    client.expire(key, 86400)
+    count = coord.count_delivery(task.request.id)
     if count > _MAX_DELIVERIES:
         raise PodchordError(
             f"task {task.name}[{task.request.id}] was delivered {count} times "

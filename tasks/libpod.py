@@ -326,25 +326,19 @@ class Libpod(ImagesAndNetworks):
                 runtime_restore_duration_us=int(data.get("runtime_restore_duration") or 0),
                 criu_statistics=data.get("criu_statistics"),
             )
-        cause, message, text = wire.error_fields(response)
         note = ""
         if cleanup_on_failure:
             name = opts.name or _config_name(peek.content)
             if name is not None and self._remove_new(name, before):
                 note = f" (removed the half-restored container {name})"
-        raise RestoreFailed(
-            f"restore of {label} failed: HTTP {response.status_code}: {text}{note}",
-            archive=label,
-            status=response.status_code,
-            cause=cause,
-            podman_message=message,
-        )
+        raise _restore_failed(response, f"restore of {label}", label, note)
 
     def restore_kept(self, name: str, *, tcp_established: bool = False) -> None:
         """Restore ``name`` in place from the CRIU images a ``keep`` checkpoint left.
 
-        This is the rollback when an eviction's exported stream broke: the container is
-        dumped and stopped, no complete archive exists anywhere, but its checkpoint does.
+        A backup resumes its container this way once the archive is whole; it is also the
+        rollback when an export stream broke: the container is dumped and stopped, no
+        complete archive exists anywhere, but its checkpoint does.
 
         Raises:
             RestoreFailed: no kept checkpoint, or Podman failed the restore.
@@ -357,14 +351,10 @@ class Libpod(ImagesAndNetworks):
             params["tcpEstablished"] = "true"
         response = self._send("POST", self._url("/containers/{}/restore", name), params=params)
         if response.status_code != 200:
-            cause, message, text = wire.error_fields(response)
-            raise RestoreFailed(
-                f"restore of {name} from its kept checkpoint failed: "
-                f"HTTP {response.status_code}: {text}",
-                archive=f"kept checkpoint of {name}",
-                status=response.status_code,
-                cause=cause,
-                podman_message=message,
+            raise _restore_failed(
+                response,
+                f"restore of {name} from its kept checkpoint",
+                f"kept checkpoint of {name}",
             )
 
     def _container_ids(self) -> set[str]:
@@ -382,6 +372,20 @@ class Libpod(ImagesAndNetworks):
             return False
         self.remove(cid, force=True)
         return True
+
+
+def _restore_failed(
+    response: httpx.Response, what: str, archive: str, note: str = ""
+) -> RestoreFailed:
+    """Podman's refusal of a restore, with its own cause and message."""
+    cause, message, text = wire.error_fields(response)
+    return RestoreFailed(
+        f"{what} failed: HTTP {response.status_code}: {text}{note}",
+        archive=archive,
+        status=response.status_code,
+        cause=cause,
+        podman_message=message,
+    )
 
 
 def _config_name(config_dump: bytes | None) -> str | None:

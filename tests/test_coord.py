@@ -77,3 +77,8 @@ def test_a_dead_holders_lease_lapses(co, monkeypatch):
     co._r.set("podchord:lease:dead", "someone", ex=1, nx=True)
     with co.lease("dead", wait_s=10):  # TimeoutError if it never lapsed
         pass
+
+
+def test_deliveries_are_counted_per_task(co):
+    assert [co.count_delivery("t1") for _ in range(3)] == [1, 2, 3]
+    assert co.count_delivery("t2") == 1
