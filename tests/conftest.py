@@ -114,6 +114,19 @@ def node_b(testbed) -> Iterator[Libpod]:
         yield lp
 
 
+@pytest.fixture
+def sample(node_a, node_b, testbed) -> Iterator[object]:
+    """The sample project (db, web, client) running on node a, removed from a and b after."""
+    import secrets
+
+    from workers.sample import create_sample, remove_sample
+
+    made = create_sample(node_a, f"p{secrets.token_hex(4)}", testbed.image)
+    yield made
+    remove_sample(node_a, made)
+    remove_sample(node_b, made)
+
+
 @dataclass
 class Stack:
     """Real `podchord worker` processes for every test-bed node, plus a client app."""

@@ -29,6 +29,26 @@ def client_app(store_url: str, broker_url: str, result_backend: str):
                                store_url=store_url))
 
 
+def s3(testbed):
+    """A boto3 S3 client on the test bed's S3 server."""
+    return boto3.client("s3", endpoint_url=testbed.s3_endpoint)
+
+
+def objects_under(testbed, bucket: str, prefix: str) -> list[str]:
+    resp = s3(testbed).list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return [o["Key"] for o in resp.get("Contents", [])]
+
+
+def open_uploads(testbed, bucket: str, prefix: str) -> list[str]:
+    resp = s3(testbed).list_multipart_uploads(Bucket=bucket, Prefix=prefix)
+    return [u["Key"] for u in resp.get("Uploads", [])]
+
+
+def spool_files(worker: WorkerProcess) -> list[Path]:
+    """Every file left in a worker's spool folder."""
+    return [p for p in worker.spool.rglob("*") if p.is_file()] if worker.spool.exists() else []
+
+
 # Database 0/1 are the test bed's defaults; sessions claim pairs (2k, 2k+1) above them.
 _DB_PAIRS = range(2, 64, 2)
 _CLAIM_TTL_S = 3 * 3600  # outlives any session; a crashed session's claim expires on its own

@@ -8,38 +8,17 @@ import json
 import secrets
 from collections.abc import Iterator
 
-import boto3
 import pytest
 
 from tasks import api
 from tasks.errors import CheckpointAborted, PodmanNotFound
 from tasks.store import open_store
-from workers.sample import SampleProject, create_sample, read_counter, remove_sample
+from tests.stack import objects_under, open_uploads, s3
+from workers.sample import create_sample, read_counter, remove_sample
 
 pytestmark = pytest.mark.podman
 
 
-@pytest.fixture
-def sample(node_a, node_b, testbed) -> Iterator[SampleProject]:
-    project = f"p{secrets.token_hex(4)}"
-    made = create_sample(node_a, project, testbed.image)
-    yield made
-    remove_sample(node_a, made)
-    remove_sample(node_b, made)
-
-
-def s3(testbed):
-    return boto3.client("s3", endpoint_url=testbed.s3_endpoint)
-
-
-def objects_under(testbed, bucket: str, prefix: str) -> list[str]:
-    resp = s3(testbed).list_objects_v2(Bucket=bucket, Prefix=prefix)
-    return [o["Key"] for o in resp.get("Contents", [])]
-
-
-def open_uploads(testbed, bucket: str, prefix: str) -> list[str]:
-    resp = s3(testbed).list_multipart_uploads(Bucket=bucket, Prefix=prefix)
-    return [u["Key"] for u in resp.get("Uploads", [])]
 
 
 def test_backup_checkpoint_commits_a_verified_manifest(stack, testbed, sample, node_a):

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import pytest
 
 from tasks import api
@@ -22,6 +21,7 @@ from tasks.errors import PodmanNotFound
 from tasks.keys import new_checkpoint_id
 from tasks.libpod import Libpod
 from tasks.store import open_store
+from tests.stack import s3, spool_files
 from workers.sample import SampleProject, create_sample, read_counter, remove_sample
 
 pytestmark = pytest.mark.podman
@@ -31,10 +31,6 @@ RESTORE_TIMEOUT_S = 240
 # The sample counters tick 10 times a second. Before a checkpoint they are let run this far,
 # so that a service that lost its memory (counting from 1 again) cannot pass as restored.
 COLD_START_MARGIN = 100
-
-
-def s3(testbed):
-    return boto3.client("s3", endpoint_url=testbed.s3_endpoint)
 
 
 @dataclass(frozen=True)
@@ -212,7 +208,7 @@ def test_flipped_byte_in_an_archive_fails_before_podman_is_touched(
         assert f"{cid}/services/web.tar" in str(exc), str(exc)
         assert "sha256" in str(exc), str(exc)
         assert_untouched(node_b, sample)
-        leftovers = [p for p in stack.workers["b"].spool.rglob("*") if p.is_file()]
+        leftovers = spool_files(stack.workers["b"])
         assert leftovers == [], "spool files left behind"
         assert_remote_type(exc, "IntegrityError")
     finally:
@@ -406,6 +402,20 @@ def server_pair(stack, testbed, node_a, node_b) -> Iterator[SampleProject]:
     remove_sample(node_b, sample)
 
 
+def _backup_then_stop(
+    stack, sample: SampleProject, lp: Libpod, options: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """A backup of ``sample`` on a, whose services are then stopped there (shared kernel)."""
+    summary = api.checkpoint(
+        stack.app, sample.project, "a", {"leave_running": True, **options}
+    ).get(timeout=RESTORE_TIMEOUT_S)
+    cid = summary["checkpoint_id"]
+    manifest = json.loads(open_store(stack.store_url).read_manifest(sample.project, cid))
+    for name in ("db", "web"):
+        lp.stop(sample.containers[name], timeout_s=2)
+    return cid, manifest
+
+
 def _squat_subnet(lp: Libpod, network: dict[str, Any]) -> str:
     from tasks.libpod_types import NetworkDef
 
@@ -418,21 +428,14 @@ def test_a_taken_subnet_moves_the_network_and_dns_still_works(
     stack, server_pair, node_a, node_b
 ):
     sample = server_pair
-    summary = api.checkpoint(stack.app, sample.project, "a", {"leave_running": True}).get(
-        timeout=RESTORE_TIMEOUT_S
-    )
-    manifest = json.loads(
-        open_store(stack.store_url).read_manifest(sample.project, summary["checkpoint_id"])
-    )
-    for name in ("db", "web"):
-        node_a.stop(sample.containers[name], timeout_s=2)
+    checkpoint_id, manifest = _backup_then_stop(stack, sample, node_a, {})
     recorded = manifest["networks"][0]
     assert recorded["subnets"], recorded
     squatter = _squat_subnet(node_b, recorded)
     try:
-        result = api.restore(
-            stack.app, f"{sample.project}/{summary['checkpoint_id']}", "b"
-        ).get(timeout=RESTORE_TIMEOUT_S)
+        result = api.restore(stack.app, f"{sample.project}/{checkpoint_id}", "b").get(
+            timeout=RESTORE_TIMEOUT_S
+        )
         assert any("another subnet" in n for n in result["notes"]), result["notes"]
         moved = node_b.inspect_network(sample.network)
         assert [s.subnet for s in moved.subnets] != [s["subnet"] for s in recorded["subnets"]]
@@ -451,18 +454,13 @@ def test_a_moved_network_cannot_carry_established_connections(
     # A connection db -> web that stays open across the checkpoint.
     node_a.exec(sample.containers["db"],
                 ["sh", "-c", "(sleep 600 | nc web 80 >/dev/null 2>&1 &); sleep 0.5"])
-    summary = api.checkpoint(
-        stack.app, sample.project, "a", {"leave_running": True, "tcp_established": True}
-    ).get(timeout=RESTORE_TIMEOUT_S)
-    manifest = json.loads(
-        open_store(stack.store_url).read_manifest(sample.project, summary["checkpoint_id"])
+    checkpoint_id, manifest = _backup_then_stop(
+        stack, sample, node_a, {"tcp_established": True}
     )
-    for name in ("db", "web"):
-        node_a.stop(sample.containers[name], timeout_s=2)
     squatter = _squat_subnet(node_b, manifest["networks"][0])
     try:
         exc = restore_error(
-            stack, f"{sample.project}/{summary['checkpoint_id']}", "b", {"tcp_established": True}
+            stack, f"{sample.project}/{checkpoint_id}", "b", {"tcp_established": True}
         )
         assert_remote_type(exc, "RestoreFailed")
         assert "established TCP connections cannot be restored" in str(exc), str(exc)

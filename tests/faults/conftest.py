@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import redis
 
@@ -27,27 +26,11 @@ from tasks.libpod import Libpod
 from tests.conftest import _unavailable
 from tests.stack import claim_db_pair, client_app, make_bucket, release_db_pair
 from workers.launch import WorkerProcess, start_worker, wait_ready
-from workers.sample import SampleProject, create_sample, remove_sample
+from workers.sample import SampleProject
 
 RESULT_TIMEOUT_S = 240
 
 
-def s3(testbed):
-    return boto3.client("s3", endpoint_url=testbed.s3_endpoint)
-
-
-def objects_under(testbed, bucket: str, prefix: str) -> list[str]:
-    resp = s3(testbed).list_objects_v2(Bucket=bucket, Prefix=prefix)
-    return [o["Key"] for o in resp.get("Contents", [])]
-
-
-def open_uploads(testbed, bucket: str, prefix: str) -> list[str]:
-    resp = s3(testbed).list_multipart_uploads(Bucket=bucket, Prefix=prefix)
-    return [u["Key"] for u in resp.get("Uploads", [])]
-
-
-def spool_files(worker: WorkerProcess) -> list[Path]:
-    return [p for p in worker.spool.rglob("*") if p.is_file()] if worker.spool.exists() else []
 
 
 def states(lp: Libpod, sample: SampleProject) -> dict[str, str]:
@@ -193,10 +176,3 @@ def own_redis(tmp_path) -> Iterator[OwnRedis]:
     r.kill()
 
 
-@pytest.fixture
-def sample(node_a, node_b, testbed) -> Iterator[SampleProject]:
-    """The sample project (db, web, client) running on node a, removed from a and b after."""
-    made = create_sample(node_a, f"f{secrets.token_hex(4)}", testbed.image)
-    yield made
-    remove_sample(node_a, made)
-    remove_sample(node_b, made)

@@ -11,7 +11,8 @@ from tasks import api, lock
 from tasks.errors import InvalidInput
 from tasks.jobs import node_queue
 from tasks.libpod import Libpod
-from tests.faults.conftest import objects_under, states
+from tests.faults.conftest import states
+from tests.stack import objects_under
 from workers.sample import create_sample, remove_sample
 
 pytestmark = pytest.mark.podman

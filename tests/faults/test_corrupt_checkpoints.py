@@ -14,7 +14,7 @@ import secrets
 
 import pytest
 
-from tests.faults.conftest import spool_files
+from tests.stack import spool_files
 from tests.test_restore_flow import (
     assert_remote_type,
     assert_untouched,

@@ -12,8 +12,9 @@ from __future__ import annotations
 import pytest
 
 from tasks.errors import PodmanError
-from tests.faults.conftest import RESULT_TIMEOUT_S, spool_files
+from tests.faults.conftest import RESULT_TIMEOUT_S
 from tests.faults.proxies import PodmanCutProxy
+from tests.stack import spool_files
 from tests.test_restore_flow import (
     assert_untouched,
     backup,  # noqa: F401  (a module-scoped fixture: one committed backup)

@@ -19,7 +19,8 @@ from celery.exceptions import CeleryError
 from tasks import api
 from tasks.errors import PodchordError
 from tasks.store import open_store
-from tests.faults.conftest import s3, states
+from tests.faults.conftest import states
+from tests.stack import s3
 
 pytestmark = pytest.mark.podman
 

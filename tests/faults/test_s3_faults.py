@@ -18,14 +18,9 @@ from tasks import api, lock
 from tasks.errors import CheckpointAborted, PodmanNotFound
 from tasks.libpod import Libpod
 from tasks.store import open_store
-from tests.faults.conftest import (
-    RESULT_TIMEOUT_S,
-    objects_under,
-    open_uploads,
-    spool_files,
-    wait_until,
-)
+from tests.faults.conftest import RESULT_TIMEOUT_S, wait_until
 from tests.faults.proxies import S3FaultProxy
+from tests.stack import objects_under, open_uploads, spool_files
 
 pytestmark = pytest.mark.podman
 

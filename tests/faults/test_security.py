@@ -27,7 +27,8 @@ from tasks import api
 from tasks.errors import InvalidInput
 from tasks.settings import Settings
 from tests.conftest import REPO
-from tests.faults.conftest import RESULT_TIMEOUT_S, s3, spool_files, states
+from tests.faults.conftest import RESULT_TIMEOUT_S, states
+from tests.stack import s3, spool_files
 
 pytestmark = pytest.mark.podman
 

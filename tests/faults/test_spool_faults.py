@@ -17,14 +17,8 @@ from tasks import api
 from tasks.errors import CheckpointAborted, MigrationFailed, SpoolUnavailable
 from tasks.store import open_store
 from tests.conftest import _unavailable
-from tests.faults.conftest import (
-    RESULT_TIMEOUT_S,
-    objects_under,
-    open_uploads,
-    spool_files,
-    states,
-    wait_until,
-)
+from tests.faults.conftest import RESULT_TIMEOUT_S, states, wait_until
+from tests.stack import objects_under, open_uploads, spool_files
 from tests.test_restore_flow import assert_untouched
 
 pytestmark = pytest.mark.podman

@@ -11,12 +11,9 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import signal
 import time
-from collections.abc import Iterator
 
-import boto3
 import pytest
 from celery.exceptions import CeleryError
 
@@ -24,13 +21,12 @@ from tasks import api
 from tasks.errors import PodchordError
 from tasks.libpod import Libpod
 from tasks.store import open_store
+from tests.stack import objects_under, s3, spool_files
 from workers.launch import WorkerProcess
 from workers.sample import (
     SampleProject,
     container_exists,
-    create_sample,
     read_counter,
-    remove_sample,
 )
 
 pytestmark = pytest.mark.podman
@@ -38,14 +34,6 @@ pytestmark = pytest.mark.podman
 WAIT_S = 300
 # Counters above this can only come from restored memory (a cold start counts from 1).
 WARM = 30
-
-
-@pytest.fixture
-def sample(node_a, node_b, testbed) -> Iterator[SampleProject]:
-    made = create_sample(node_a, f"k{secrets.token_hex(4)}", testbed.image)
-    yield made
-    remove_sample(node_a, made)
-    remove_sample(node_b, made)
 
 
 def _pool_children(worker: WorkerProcess) -> list[int]:
@@ -84,9 +72,9 @@ def _committed(stack, project: str) -> list[str]:
 def _assert_archives_intact(stack, testbed, project: str, checkpoint_id: str) -> None:
     store = open_store(stack.store_url)
     manifest = json.loads(store.read_manifest(project, checkpoint_id))
-    s3 = boto3.client("s3", endpoint_url=testbed.s3_endpoint)
+    client = s3(testbed)
     for svc in manifest["services"]:
-        body = s3.get_object(Bucket=stack.bucket, Key=svc["archive"]["key"])["Body"].read()
+        body = client.get_object(Bucket=stack.bucket, Key=svc["archive"]["key"])["Body"].read()
         assert hashlib.sha256(body).hexdigest() == svc["archive"]["sha256"], svc["name"]
 
 
@@ -113,10 +101,8 @@ def test_kill_while_launching_the_chord_relaunches_the_same_checkpoint(
     assert ids == [summary["checkpoint_id"]]
     _assert_archives_intact(stack, testbed, sample.project, summary["checkpoint_id"])
     prefix = f"pc/projects/{sample.project}/"
-    keys = boto3.client("s3", endpoint_url=testbed.s3_endpoint).list_objects_v2(
-        Bucket=stack.bucket, Prefix=prefix
-    ).get("Contents", [])
-    assert all(summary["checkpoint_id"] in k["Key"] for k in keys), "stray checkpoint objects"
+    keys = objects_under(testbed, stack.bucket, prefix)
+    assert all(summary["checkpoint_id"] in k for k in keys), "stray checkpoint objects"
     for name in sample.containers.values():
         assert node_a.container_state(name) == "running"
 
@@ -179,7 +165,7 @@ def test_kill_mid_restore_of_a_migration_runs_the_workload_exactly_once(
     for svc in ("db", "web"):
         assert read_counter(here, c[svc]) >= before[svc], svc
     # The killed delivery's downloaded archives (process memory) did not stay behind.
-    assert [p for p in worker.spool.rglob("*") if p.is_file()] == []
+    assert spool_files(worker) == []
 
 
 def test_a_redelivered_commit_is_committed_once(stack, testbed, sample, node_a):
