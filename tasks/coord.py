@@ -30,9 +30,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Literal, Protocol, cast
 
-__all__ = ["LEASE_TTL_S", "Coordinator", "Decision", "coordinator"]
+__all__ = ["LEASE_TTL_S", "TOMBSTONE", "Coordinator", "Decision", "coordinator"]
 
 Decision = Literal["commit", "abort"]
+# The key of a plan record that says "never launch": recorded by the deadline watchdog for a
+# task that had not planned by its deadline (the task, starting late, finds it and refuses).
+TOMBSTONE = "tombstone"
 
 # Renewed every third of it: a killed holder blocks its redelivery for at most this long.
 LEASE_TTL_S = 6

@@ -23,7 +23,7 @@ from celery.states import READY_STATES
 from . import checkpoint as ck
 from . import lock
 from . import restore as rs
-from .coord import Coordinator, coordinator
+from .coord import TOMBSTONE, Coordinator, coordinator
 from .errors import (
     CheckpointAborted,
     DeadlineExceeded,
@@ -198,8 +198,12 @@ def _launch_checkpoint(
         plan["then"] = then
         if coord is not None:
             plan = coord.plan_once(outer, plan)
-    else:
+    elif TOMBSTONE not in plan:
         log.warning("redelivered %s: relaunching checkpoint %s", outer, plan["checkpoint_id"])
+    if TOMBSTONE in plan:  # planning is read-only: nothing to undo
+        raise DeadlineExceeded(
+            f"checkpoint of {project} on node {node} started after its deadline; nothing was done"
+        )
     queue = node_queue(node)
     expires = (
         None
@@ -406,8 +410,14 @@ def checkpoint_deadline(
     result: AsyncResult = AsyncResult(task_id, app=checkpoint_deadline.app)
     summary: dict[str, Any] = {"task_id": task_id, "project": project, "node": node}
     store = runtime().store()
+    coord = coordinator(checkpoint_deadline.backend)
+    if checkpoint_id is None and coord is not None:
+        # The client's watchdog knows only the task id. If the task recorded a plan, judge
+        # that checkpoint (a migration whose commit is claimed is restoring now: never fail
+        # it). If not, record a tombstone first, so a task that starts late never launches.
+        recorded = coord.plan_once(task_id, {TOMBSTONE: "deadline passed"})
+        checkpoint_id = recorded.get("checkpoint_id")
     if checkpoint_id is not None:
-        coord = coordinator(checkpoint_deadline.backend)
         # A commit that claimed the checkpoint first finishes or fails on its own (and its
         # failure runs the abort, with rollback, on the node); never delete under it.
         if coord is not None and coord.decide(checkpoint_id, "abort") == "commit":
@@ -443,14 +453,32 @@ def restore_project(
     node = _this_node(node)
     deliveries = _guard_redelivery(self)
     rt = runtime()
+    project = _ref_project(checkpoint)
 
     def phase(name: str) -> None:
         self.update_state(state="PROGRESS", meta={"phase": name})
 
-    return rs.restore_project(
-        rt.libpod(), rt.store(), checkpoint, node, opts,
-        spool_dir=rt.settings.spool_dir, on_phase=phase, redelivered=deliveries > 1,
-    )
+    # A restore takes the project's lock too: a migration or a second restore of the same
+    # project meanwhile would fight over the same container names. A migration's fallback
+    # restore finds the lock handed over to its own id (restore_after_checkpoint).
+    client = getattr(self.backend, "client", None)
+    if client is not None:
+        ttl_s = lock.restore_lock_ttl_s(rt.settings.task_timeout_s)
+        lock.acquire(client, project, self.request.id, ttl_s, "restore")
+    try:
+        return rs.restore_project(
+            rt.libpod(), rt.store(), checkpoint, node, opts,
+            spool_dir=rt.settings.spool_dir, on_phase=phase, redelivered=deliveries > 1,
+        )
+    finally:
+        _unlock(self.backend, project, self.request.id)
+
+
+def _ref_project(ref: object) -> str:
+    """The project of a checkpoint reference (``PROJECT/CHECKPOINT_ID`` or ``PROJECT``)."""
+    if not isinstance(ref, str):
+        raise InvalidInput(f"checkpoint reference must be a string, got {type(ref).__name__}")
+    return check_project(ref.partition("/")[0])
 
 
 @shared_task(name="podchord.migrate", bind=True)
@@ -504,17 +532,24 @@ def restore_after_checkpoint(
             redelivered=deliveries > 1,
         )
     except Exception as exc:
-        # Any failure, typed or not (a full disk, a bug): the workload goes back home.
+        # Any failure, typed or not (a full disk, a bug): the workload goes back home, under
+        # this migration's lock, handed to the fallback before it is queued.
+        fallback_id = _part_id(outer_task_id, "fallback")  # the same on a redelivery
+        client = getattr(backend, "client", None)
+        if client is not None:
+            ttl_s = lock.restore_lock_ttl_s(rt.settings.task_timeout_s)
+            with contextlib.suppress(Exception):  # else the fallback takes it (or is refused)
+                lock.hand_over(client, committed["project"], outer_task_id, fallback_id,
+                               ttl_s, "restore (migration fallback)")
         fallback = restore_project.apply_async(
             (ref, source, {"tcp_established": opts.tcp_established, "ignore_volumes": True}),
-            queue=node_queue(source),
+            queue=node_queue(source), task_id=fallback_id,
         )
         failure = MigrationFailed(
             f"restore of {ref} on {node} failed ({exc}); restoring it back on {source} "
             f"(task {fallback.id})",
             fallback_task_id=fallback.id,
         )
-        _unlock(backend, committed["project"], outer_task_id)
         backend.mark_as_failure(outer_task_id, failure)
         _announce(restore_after_checkpoint, outer_task_id, failure)
         raise failure from exc

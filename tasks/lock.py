@@ -21,7 +21,10 @@ from typing import Any, Protocol
 from .errors import LockHeld
 from .names import check_project
 
-__all__ = ["LOCK_PREFIX", "RedisLike", "acquire", "holder", "lock_ttl_s", "release"]
+__all__ = [
+    "LOCK_PREFIX", "RedisLike", "acquire", "hand_over", "holder", "lock_ttl_s", "release",
+    "restore_lock_ttl_s",
+]
 
 LOCK_PREFIX = "podchord:lock:"
 # Beyond the eviction window: the commit and the restore that follow a checkpoint.
@@ -33,6 +36,14 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('del', KEYS[1])
 end
 return 0
+"""
+
+# Gives the lock to a new token only if it still holds the caller's: no gap between the two.
+_HAND_OVER = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return false
 """
 
 
@@ -57,6 +68,11 @@ def lock_ttl_s(deadline_s: float | None, task_timeout_s: int) -> int:
     """
     checkpoint_s = task_timeout_s if deadline_s is None else deadline_s
     return int(checkpoint_s + task_timeout_s + _MARGIN_S)
+
+
+def restore_lock_ttl_s(task_timeout_s: int) -> int:
+    """How long a restore's lock lives if never released: one task timeout, plus margin."""
+    return int(task_timeout_s + _MARGIN_S)
 
 
 def _key(project: str) -> str:
@@ -102,6 +118,24 @@ def release(client: RedisLike, project: str, token: str) -> bool:
     if current is None or current.split(" ", 1)[0] != token:
         return False
     return bool(client.eval(_RELEASE, 1, key, current))
+
+
+def hand_over(
+    client: RedisLike, project: str, token: str, new_token: str, ttl_s: int, what: str
+) -> bool:
+    """Pass ``project``'s lock from ``token`` to ``new_token`` in one step; return whether it did.
+
+    Why not release then acquire: in between, another migration could take the project, and
+    the task the lock was meant for (a migration's fallback restore, which brings the evicted
+    workload back home) would be refused.
+    """
+    if ttl_s <= 0:
+        raise ValueError("ttl_s must be positive")
+    key = _key(project)
+    current = _text(client.get(key))
+    if current is None or current.split(" ", 1)[0] != token:
+        return False
+    return bool(client.eval(_HAND_OVER, 1, key, current, f"{new_token} {what}", str(ttl_s * 1000)))
 
 
 def holder(client: RedisLike, project: str) -> str | None:

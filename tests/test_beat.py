@@ -145,12 +145,24 @@ def test_beat_runs_with_redbeat_holding_its_lock_in_redis(stack, testbed, node_a
         assert broker.exists("podchord:redbeat::lock")
         entry = f"podchord:redbeat:backup:{project}@a"
         assert broker.zscore("podchord:redbeat::schedule", entry) is not None
+        # Beat keeps running until a backup committed: stopped right after logging "Sending
+        # due task", it may die before publishing it (a CI run once waited 240 s in vain).
+        try:
+            wait_for("a backup redbeat sent to commit", lambda: any(
+                e.committed for e in store.list_checkpoints(project)), 240, 1.0, beat, log)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{_worker_lines(stack, 'a', project)}") from None
     finally:
         stop(beat)
         broker.close()
     try:
-        wait_for("the backup redbeat sent to commit", lambda: any(
-            e.committed for e in store.list_checkpoints(project)), 240, 1.0)
-        quiet(stack)
+        quiet(stack)  # the backups sent meanwhile finish (or were refused by the lock)
+        assert any(e.committed for e in store.list_checkpoints(project))
     finally:
         remove_sample(node_a, sample)
+
+
+def _worker_lines(stack, node: str, project: str) -> str:
+    """What the node's worker logged about ``project`` (for a failure's message)."""
+    lines = stack.workers[node].log.read_text(errors="replace").splitlines()
+    return "\n".join(line for line in lines if project in line or "Error" in line)[-6000:]

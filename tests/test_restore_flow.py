@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tasks import api
+from tasks import api, lock
 from tasks.errors import PodmanNotFound
 from tasks.keys import new_checkpoint_id
 from tasks.libpod import Libpod
@@ -490,8 +490,16 @@ def test_failed_migration_restore_falls_back_to_the_source(stack, testbed, node_
         assert_remote_type(info.value, "MigrationFailed")
         assert "restoring it back on a" in str(info.value), str(info.value)
         fallback = stack.app.AsyncResult(info.value.fallback_task_id)
+        # The migration handed its project lock to the fallback: no second migration can
+        # take the project between the failure and the workload's return home.
+        held_by = lock.holder(stack.app.backend.client, project)
+        if held_by is None:  # the fallback was already done (it releases, then reports)
+            fallback.get(timeout=30)
+        else:
+            assert held_by == fallback.id, held_by
         back = fallback.get(timeout=RESTORE_TIMEOUT_S)
         assert back["node"] == "a"
+        assert lock.holder(stack.app.backend.client, project) is None
         for svc, name in c.items():
             assert node_a.container_state(name) == "running", svc
         for svc in ("db", "web"):

@@ -8,7 +8,10 @@ import time
 import pytest
 
 from tasks import api, lock
-from tasks.errors import LockHeld, ProjectError
+from tasks.coord import TOMBSTONE, coordinator
+from tasks.errors import DeadlineExceeded, LockHeld, ProjectError
+from tasks.jobs import node_queue
+from tasks.store import open_store
 from tests.faults.conftest import RESULT_TIMEOUT_S, states
 
 pytestmark = pytest.mark.podman
@@ -93,3 +96,55 @@ def test_lock_expires_and_release_checks_the_token(stack):
 def test_lock_ttl_covers_deadline_and_restore():
     assert lock.lock_ttl_s(30, 3600) > 30 + 3600
     assert lock.lock_ttl_s(None, 3600) > 2 * 3600
+
+
+def test_hand_over_moves_the_lock_only_from_its_holder(stack):
+    client = lock_client(stack)
+    project = f"h{secrets.token_hex(4)}"
+    lock.acquire(client, project, "migration", 60, "migrate")
+    assert not lock.hand_over(client, project, "someone-else", "thief", 60, "restore")
+    assert lock.holder(client, project) == "migration"
+    assert lock.hand_over(client, project, "migration", "fallback", 60, "restore")
+    assert lock.holder(client, project) == "fallback"
+    # The new holder goes on with its own id; the old one can no longer release it.
+    lock.acquire(client, project, "fallback", 60, "restore")
+    assert not lock.release(client, project, "migration")
+    with pytest.raises(LockHeld, match="restore"):
+        lock.acquire(client, project, "second-migration", 60, "migrate")
+    assert lock.release(client, project, "fallback")
+
+
+def test_held_lock_refuses_a_restore_and_it_creates_nothing(stack, sample, node_a, node_b):
+    summary = api.checkpoint(stack.app, sample.project, "a", {"leave_running": True}).get(
+        timeout=RESULT_TIMEOUT_S
+    )
+    ref = f"{sample.project}/{summary['checkpoint_id']}"
+    client = lock_client(stack)
+    token = f"migration-{secrets.token_hex(4)}"
+    lock.acquire(client, sample.project, token, 120, "migrate")
+    try:
+        with pytest.raises(LockHeld, match=f"task {token}"):
+            api.restore(stack.app, ref, "b").get(timeout=60)
+        assert lock.holder(client, sample.project) == token
+        assert set(states(node_b, sample).values()) == {"missing"}, states(node_b, sample)
+        assert set(states(node_a, sample).values()) == {"running"}
+    finally:
+        assert lock.release(client, sample.project, token)
+
+
+def test_a_checkpoint_that_starts_after_its_watchdog_fired_launches_nothing(stack, sample,
+                                                                           node_a):
+    # The deadline watchdog, finding no plan for a task, records a tombstone in its place;
+    # the task, if it starts only then (it passed Celery's expiry check just in time), must
+    # refuse instead of stopping services nobody waits for any more.
+    task_id = f"late-{secrets.token_hex(6)}"
+    coord = coordinator(stack.app.backend)
+    assert coord is not None
+    coord.plan_once(task_id, {TOMBSTONE: "deadline passed"})
+    late = stack.app.send_task("podchord.checkpoint_project", args=(sample.project, "a", {}),
+                               queue=node_queue("a"), task_id=task_id)
+    with pytest.raises(DeadlineExceeded, match="started after its deadline"):
+        late.get(timeout=60)
+    assert set(states(node_a, sample).values()) == {"running"}
+    assert lock.holder(lock_client(stack), sample.project) is None
+    assert open_store(stack.store_url).list_checkpoints(sample.project) == []
