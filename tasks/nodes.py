@@ -31,6 +31,14 @@ def require_node(app: Any, node: str, timeout_s: float = PING_TIMEOUT_S) -> str:
         InvalidInput: no worker of ``node`` answered; the message lists the nodes that did.
     """
     node = check_node(node)
+    # Only that node's workers are asked (node names hold no glob characters), and the first
+    # answer ends the wait: a broadcast ping to everyone waits its whole timeout, which put
+    # 1.5 s into every restore's and every migration's eviction (seen in the benchmarks).
+    replies = app.control.ping(
+        timeout=timeout_s, limit=1, pattern=f"{node}@*", matcher="glob"
+    ) or []
+    if any(name.split("@", 1)[0] == node for reply in replies for name in reply):
+        return node
     alive = live_nodes(app, timeout_s)
     if node not in alive:
         raise InvalidInput(
