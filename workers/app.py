@@ -16,6 +16,8 @@ from kombu.entity import Queue
 from tasks.jobs import SHARED_QUEUE, node_queue
 from tasks.settings import Settings
 
+from . import kombu_fix
+
 __all__ = ["create_app", "worker_queues"]
 
 
@@ -30,6 +32,7 @@ def worker_queues(node: str | None) -> list[Queue]:
 def create_app(settings: Settings | None = None) -> Celery:
     """Build the Celery app from settings (default: the ``PODCHORD_*`` environment)."""
     settings = Settings.from_env() if settings is None else settings
+    kombu_fix.install()  # else a Redis restart kills every worker that runs a task
     # The visibility timeout must outlast the longest task, or Redis hands a still-running
     # task to a second worker. It is also what redelivers the task of a SIGKILLed worker.
     visibility_s = int(

@@ -64,12 +64,8 @@ def test_redis_crash_mid_chord_completes_or_fails_clean(
     own_redis.start()
     time.sleep(10.0)  # long enough for a worker to reconnect, or to die trying
     dead = {n: w.log.read_text() for n, w in ms.workers.items() if w.proc.poll() is not None}
-    if dead and all("'NoneType' object has no attribute 'hostname'" in t for t in dead.values()):
-        # Known, open upstream bug (celery 5.7.0 / kombu 5.7.0, celery/celery#9250 family):
-        # closing the lost connection restores the unacked (late-ack) messages through a
-        # connection whose client is already None -> AttributeError -> the worker exits.
-        # Every worker running a task when Redis restarts dies; see docs/reliability.md.
-        pytest.xfail(f"workers {sorted(dead)} exited on the Redis restart (kombu bug)")
+    # kombu 5.7 used to crash every busy worker here ('NoneType' object has no attribute
+    # 'hostname' while requeueing its unacked messages); workers/kombu_fix.py guards it.
     assert not dead, f"workers died: { {n: t[-3000:] for n, t in dead.items()} }"
     outcome = wait_outcome(result, OUTCOME_TIMEOUT_S)
     where = {"a": states(node_a, sample), "b": states(node_b, sample)}
