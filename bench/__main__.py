@@ -43,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="also write PNG plots to DIR (needs the 'bench' extra: matplotlib)",
     )
+    ap.add_argument(
+        "--restore-rounds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="restore pairs (podchord, baseline) per scenario; the median is reported",
+    )
     ap.add_argument("--no-warmup", action="store_true")
     ap.add_argument("--concurrency", type=int, default=6, help="prefork children per worker")
     ap.add_argument(
@@ -57,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not specs:
         ap.error(f"no scenario of preset {args.preset!r} matches {args.only}")
+    if args.restore_rounds < 1:
+        ap.error("--restore-rounds must be >= 1")
     probe_mib = args.probe_mib or (16 if args.preset == "smoke" else 256)
 
     doc: dict[str, Any] = {
@@ -69,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     with Bed(concurrency=args.concurrency) as bed:
         doc["machine"] = machine(bed.lp["a"], bed.env["PODCHORD_TESTBED_ROOTFS"])
         doc["worker_concurrency"] = args.concurrency
+        doc["restore_rounds"] = args.restore_rounds
         doc["bucket"] = bed.bucket
         doc["limits"] = measure_limits(bed.workdir, probe_mib, bed.s3, bed.bucket)
         if not args.no_warmup:
@@ -76,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for spec in specs:
             print(f"bench: {spec.name} ...", file=sys.stderr, flush=True)
-            rows.append(run_scenario(bed, spec))
+            rows.append(run_scenario(bed, spec, args.restore_rounds))
             print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     doc["scenarios"] = rows
     doc["fits"] = fits(rows)

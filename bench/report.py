@@ -134,7 +134,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{_load(doc['load_end'])}. Machine: {m['cpus']} cores ({m['cpu_model']}), "
         f"{m['memory_bytes'] / 2**30:.0f} GiB, Linux {m['kernel']}, Python {m['python']}, "
         f"Podman {m['podman']}, CRIU {pk.get('criu', '?')}, runc {pk.get('runc', '?')}; "
-        f"workers with {doc['worker_concurrency']} prefork children each.",
+        f"workers with {doc['worker_concurrency']} prefork children each. Restore times: "
+        f"the median of {doc.get('restore_rounds', 1)} podchord/baseline pair(s) per scenario.",
         "",
         table(doc["scenarios"]),
         "",
