@@ -34,7 +34,7 @@ from .errors import (
 )
 from .keys import check_checkpoint_id
 from .libpod import Libpod
-from .libpod_types import NetworkDef, RestoreOptions
+from .libpod_types import NetworkDef, NodeInfo, RestoreOptions
 from .manifest import ArchiveRecord, Manifest, parse_manifest
 from .names import check_project
 from .options import RestoreJobOptions
@@ -51,6 +51,7 @@ Phase = Callable[[str], None]
 # break within the window, the restore itself fails and is rolled back as usual.
 _PROBE_TTL_S = 600.0
 _probed: dict[tuple[str, str], float] = {}
+_infos: dict[str, tuple[float, NodeInfo]] = {}
 
 # Downloads at once. Each holds one 1 MiB chunk in memory; more than a few only queue for
 # the same disk and cores.
@@ -163,7 +164,7 @@ def restore_project(
         def checks() -> None:
             # Read-only: runs while the archives download; a failure only throws them away.
             with undo.timed("preflight", on_phase):
-                adopted.update(_preflight(lp, manifest, opts, undo, redelivered=redelivered))
+                adopted.update(_preflight(lp, node, manifest, opts, undo, redelivered=redelivered))
 
         with undo.timed("download", on_phase), _spool_errors(spool):
             archives = _download_services(store, manifest, spool, undo, meanwhile=checks)
@@ -216,11 +217,16 @@ def _spool_errors(spool: Path) -> Iterator[None]:
 
 
 def _preflight(
-    lp: Libpod, manifest: Manifest, opts: RestoreJobOptions, undo: _Undo, *, redelivered: bool
+    lp: Libpod,
+    node: str,
+    manifest: Manifest,
+    opts: RestoreJobOptions,
+    undo: _Undo,
+    *,
+    redelivered: bool,
 ) -> set[str]:
     """Check the node can take the checkpoint; return the services to adopt as restored."""
-    lp.ping()
-    info = lp.info()
+    info = _node_info(lp, node)
     missing = sorted(set(manifest.source.cpu_flags) - set(info.cpu_flags))
     if missing and info.cpu_flags:
         if not opts.force_cpu:
@@ -252,6 +258,20 @@ def _preflight(
             "(stop it, or restore elsewhere)"
         )
     return adopted
+
+
+def _node_info(lp: Libpod, node: str) -> NodeInfo:
+    """This node's CPU flags and kernel, asked of Podman at most every ``_PROBE_TTL_S``.
+
+    Podman's ``/info`` spawns the runtimes to report their versions: 0.2-0.5 s, on the
+    critical path of a small restore. CPU flags and kernel do not change while a node is up.
+    """
+    cached = _infos.get(node)
+    if cached is not None and time.monotonic() - cached[0] < _PROBE_TTL_S:
+        return cached[1]
+    info = lp.info()
+    _infos[node] = (time.monotonic(), info)
+    return info
 
 
 def _download_services(

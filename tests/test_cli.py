@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import secrets
+from pathlib import Path
 
 import pytest
 
@@ -206,3 +207,18 @@ def test_status_reports_nodes_and_check_exit_codes(stack, testbed):
     light = json.loads(done.stdout)
     assert light["nodes"] == {}
     assert {w["node"] for w in light["workers"]} == set(testbed.nodes)
+
+
+def test_worker_processes_run_with_a_fixed_malloc_mmap_threshold(stack):
+    # `podchord worker` sets it before exec'ing Celery (workers/cli_procs.py): the main
+    # process and every prefork child (forked from it) must carry it.
+    main = stack.workers["a"].proc.pid
+    children = [
+        int(pid)
+        for task in Path(f"/proc/{main}/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    ]
+    assert children, "the worker has no prefork children"
+    for pid in [main, *children]:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"MALLOC_MMAP_THRESHOLD_=1048576" in environ, pid

@@ -29,6 +29,11 @@ def run_worker(args: argparse.Namespace) -> int:
     node = check_node(args.node)
     env = dict(os.environ, PODCHORD_NODE=node, PODCHORD_PODMAN_SOCKET=args.podman_socket)
     settings = Settings.from_env(env)  # fail here, with the variable's name, not in Celery
+    # glibc's mmap threshold grows to the size of the largest block freed (up to 32 MiB), so
+    # after one upload the 8 MiB part buffers come from per-thread arenas that keep them; a
+    # second upload in the same prefork child (new transfer threads) then peaked at 72 MiB
+    # instead of 44 (bench, 64 MiB uploads). A fixed threshold hands each buffer back.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
     _drop_restore_leftovers(settings.spool_dir)
     argv = [
         *_CELERY, "-A", "workers.celery_app", "worker",
