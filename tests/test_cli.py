@@ -221,4 +221,4 @@ def test_worker_processes_run_with_a_fixed_malloc_mmap_threshold(stack):
     assert children, "the worker has no prefork children"
     for pid in [main, *children]:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        assert b"MALLOC_MMAP_THRESHOLD_=1048576" in environ, pid
+        assert b"MALLOC_MMAP_THRESHOLD_=4194304" in environ, pid

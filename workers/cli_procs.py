@@ -32,8 +32,10 @@ def run_worker(args: argparse.Namespace) -> int:
     # glibc's mmap threshold grows to the size of the largest block freed (up to 32 MiB), so
     # after one upload the 8 MiB part buffers come from per-thread arenas that keep them; a
     # second upload in the same prefork child (new transfer threads) then peaked at 72 MiB
-    # instead of 44 (bench, 64 MiB uploads). A fixed threshold hands each buffer back.
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
+    # instead of 44 (64 MiB uploads; the bench's 6 x 64 MiB eviction: 91 MiB in one child).
+    # Fixed at 4 MiB, each part buffer is handed back, while the 1 MiB stream chunks still
+    # come from the heap (at 1 MiB every chunk was an mmap, and restores got slower).
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 << 20))
     _drop_restore_leftovers(settings.spool_dir)
     argv = [
         *_CELERY, "-A", "workers.celery_app", "worker",
