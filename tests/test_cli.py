@@ -209,7 +209,7 @@ def test_status_reports_nodes_and_check_exit_codes(stack, testbed):
     assert {w["node"] for w in light["workers"]} == set(testbed.nodes)
 
 
-def test_worker_processes_run_with_two_malloc_arenas(stack):
+def test_worker_processes_run_with_a_fixed_malloc_mmap_threshold(stack):
     # `podchord worker` sets it before exec'ing Celery (workers/cli_procs.py): the main
     # process and every prefork child (forked from it) must carry it.
     main = stack.workers["a"].proc.pid
@@ -221,4 +221,4 @@ def test_worker_processes_run_with_two_malloc_arenas(stack):
     assert children, "the worker has no prefork children"
     for pid in [main, *children]:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        assert b"MALLOC_ARENA_MAX=2" in environ, pid
+        assert b"MALLOC_MMAP_THRESHOLD_=4194304" in environ, pid

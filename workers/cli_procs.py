@@ -29,13 +29,14 @@ def run_worker(args: argparse.Namespace) -> int:
     node = check_node(args.node)
     env = dict(os.environ, PODCHORD_NODE=node, PODCHORD_PODMAN_SOCKET=args.podman_socket)
     settings = Settings.from_env(env)  # fail here, with the variable's name, not in Celery
-    # Each upload runs in fresh transfer threads, and glibc gives new threads new malloc
-    # arenas that keep the previous upload's freed 8 MiB part buffers: a prefork child's peak
-    # grew 44 -> 72 -> 81 MiB over consecutive 64 MiB uploads (the bench's 6 x 64 MiB
-    # eviction: 91 MiB in one child). Two arenas keep it at 50-58 MiB for any number of
-    # uploads, at no CPU cost; a fixed MALLOC_MMAP_THRESHOLD_ did it too, but page-faulted
-    # every part buffer afresh (+35% CPU per byte uploaded).
-    env.setdefault("MALLOC_ARENA_MAX", "2")
+    # Each upload runs in fresh transfer threads; glibc gives them fresh malloc arenas and,
+    # its mmap threshold having grown past the 8 MiB part buffers, keeps every earlier
+    # upload's buffers there: a prefork child's peak grew 44 -> 72 -> 81 MiB over consecutive
+    # 64 MiB uploads (the bench's 6 x 64 MiB eviction: 91 MiB in one child). A fixed 4 MiB
+    # threshold hands each part buffer back (<= 32 MiB growth in every bench scenario), for
+    # ~35% more worker CPU per byte uploaded (fresh pages). MALLOC_ARENA_MAX=2 instead costs
+    # no CPU but still let one child reach 75 MiB. The environment may override either.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 << 20))
     _drop_restore_leftovers(settings.spool_dir)
     argv = [
         *_CELERY, "-A", "workers.celery_app", "worker",
