@@ -33,7 +33,7 @@ def run_worker(args: argparse.Namespace) -> int:
     # its mmap threshold having grown past the 8 MiB part buffers, keeps every earlier
     # upload's buffers there: a prefork child's peak grew 44 -> 72 -> 81 MiB over consecutive
     # 64 MiB uploads (the bench's 6 x 64 MiB eviction: 91 MiB in one child). A fixed 4 MiB
-    # threshold hands each part buffer back (<= 32 MiB growth in every bench scenario), for
+    # threshold hands each part buffer back (<= 52 MiB growth in every bench scenario), for
     # ~35% more worker CPU per byte uploaded (fresh pages). MALLOC_ARENA_MAX=2 instead costs
     # no CPU but still let one child reach 75 MiB. The environment may override either.
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 << 20))
