@@ -14,10 +14,10 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -51,6 +51,7 @@ __all__ = ["Archive", "Libpod"]
 
 _PROJECT_LABEL = "com.docker.compose.project"
 _SERVICE_LABEL = "com.docker.compose.service"
+_Refusal = TypeVar("_Refusal", bound=PodmanError)
 
 
 class Libpod(ImagesAndNetworks):
@@ -278,14 +279,7 @@ class Libpod(ImagesAndNetworks):
         try:
             if response.status_code != 200:
                 response.read()
-                cause, message, text = wire.error_fields(response)
-                raise CheckpointFailed(
-                    f"checkpoint of {name} failed: HTTP {response.status_code}: {text}",
-                    container=name,
-                    status=response.status_code,
-                    cause=cause,
-                    podman_message=message,
-                )
+                raise _refused(CheckpointFailed, response, f"checkpoint of {name}", container=name)
             yield wire.guard_stream(response.iter_bytes(CHUNK_BYTES), self._socket)
         finally:
             response.close()
@@ -331,7 +325,7 @@ class Libpod(ImagesAndNetworks):
             name = opts.name or _config_name(peek.content)
             if name is not None and self._remove_new(name, before):
                 note = f" (removed the half-restored container {name})"
-        raise _restore_failed(response, f"restore of {label}", label, note)
+        raise _refused(RestoreFailed, response, f"restore of {label}", note, archive=label)
 
     def restore_kept(self, name: str, *, tcp_established: bool = False) -> None:
         """Restore ``name`` in place from the CRIU images a ``keep`` checkpoint left.
@@ -351,10 +345,11 @@ class Libpod(ImagesAndNetworks):
             params["tcpEstablished"] = "true"
         response = self._send("POST", self._url("/containers/{}/restore", name), params=params)
         if response.status_code != 200:
-            raise _restore_failed(
+            raise _refused(
+                RestoreFailed,
                 response,
                 f"restore of {name} from its kept checkpoint",
-                f"kept checkpoint of {name}",
+                archive=f"kept checkpoint of {name}",
             )
 
     def _container_ids(self) -> set[str]:
@@ -374,17 +369,18 @@ class Libpod(ImagesAndNetworks):
         return True
 
 
-def _restore_failed(
-    response: httpx.Response, what: str, archive: str, note: str = ""
-) -> RestoreFailed:
-    """Podman's refusal of a restore, with its own cause and message."""
+def _refused(
+    kind: Callable[..., _Refusal], response: httpx.Response, what: str, note: str = "",
+    **fields: str,
+) -> _Refusal:
+    """Podman's refusal of ``what`` as ``kind``, with Podman's own cause and message."""
     cause, message, text = wire.error_fields(response)
-    return RestoreFailed(
+    return kind(
         f"{what} failed: HTTP {response.status_code}: {text}{note}",
-        archive=archive,
         status=response.status_code,
         cause=cause,
         podman_message=message,
+        **fields,
     )
 
 
