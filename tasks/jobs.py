@@ -453,7 +453,7 @@ def restore_project(
     node = _this_node(node)
     deliveries = _guard_redelivery(self)
     rt = runtime()
-    project = _ref_project(checkpoint)
+    project, _ = rs.split_ref(checkpoint)
 
     def phase(name: str) -> None:
         self.update_state(state="PROGRESS", meta={"phase": name})
@@ -472,13 +472,6 @@ def restore_project(
         )
     finally:
         _unlock(self.backend, project, self.request.id)
-
-
-def _ref_project(ref: object) -> str:
-    """The project of a checkpoint reference (``PROJECT/CHECKPOINT_ID`` or ``PROJECT``)."""
-    if not isinstance(ref, str):
-        raise InvalidInput(f"checkpoint reference must be a string, got {type(ref).__name__}")
-    return check_project(ref.partition("/")[0])
 
 
 @shared_task(name="podchord.migrate", bind=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from .errors import (
     InvalidInput,
@@ -30,7 +30,6 @@ from .errors import (
     PodmanNotFound,
     PodmanUnreachable,
     RestoreFailed,
-    SpoolUnavailable,
 )
 from .keys import check_checkpoint_id
 from .libpod import Libpod
@@ -38,20 +37,21 @@ from .libpod_types import NetworkDef, NodeInfo, RestoreOptions
 from .manifest import ArchiveRecord, Manifest, parse_manifest
 from .names import check_project
 from .options import RestoreJobOptions
-from .spool import private_dir
+from .spool import private_dir, spool_errors
 from .store import Store
 
-__all__ = ["load_manifest", "resolve_checkpoint", "restore_project"]
+__all__ = ["load_manifest", "resolve_checkpoint", "restore_project", "split_ref"]
 
 Phase = Callable[[str], None]
 
 # A node that checkpointed a throwaway container minutes ago still can: the probe's success
 # is remembered per worker process, so back-to-back restores do not each pay one more full
-# checkpoint (~0.7 s idle, seconds under load). A failure is never remembered. Should CRIU
-# break within the window, the restore itself fails and is rolled back as usual.
-_PROBE_TTL_S = 600.0
-_probed: dict[tuple[str, str], float] = {}
-_infos: dict[str, tuple[float, NodeInfo]] = {}
+# checkpoint (~0.7 s idle, seconds under load); so is the node's /info (CPU flags and kernel
+# do not change while a node is up). A failure is never remembered. Should CRIU break within
+# the window, the restore itself fails and is rolled back as usual.
+_REMEMBER_S = 600.0
+_remembered: dict[tuple[str, ...], tuple[float, Any]] = {}
+_T = TypeVar("_T")
 
 # Downloads at once. Each holds one 1 MiB chunk in memory; more than a few only queue for
 # the same disk and cores.
@@ -65,11 +65,7 @@ def resolve_checkpoint(store: Store, ref: str) -> tuple[str, str]:
         InvalidInput: a malformed reference.
         ObjectNotFound: no such committed checkpoint.
     """
-    if not isinstance(ref, str):
-        # str(None) would pass as a (wrong) project name; say what was wrong instead.
-        raise InvalidInput(f"checkpoint reference must be a string, got {type(ref).__name__}")
-    project, _, checkpoint_id = ref.partition("/")
-    check_project(project)
+    project, checkpoint_id = split_ref(ref)
     if checkpoint_id:
         check_checkpoint_id(checkpoint_id)
         if not store.exists(store.layout.manifest(project, checkpoint_id)):
@@ -82,6 +78,19 @@ def resolve_checkpoint(store: Store, ref: str) -> tuple[str, str]:
         if entry.committed:
             return project, entry.checkpoint_id
     raise ObjectNotFound(f"project {project!r} has no committed checkpoint in {store.url}")
+
+
+def split_ref(ref: object) -> tuple[str, str]:
+    """``PROJECT/CHECKPOINT_ID`` -> (project, id); ``PROJECT`` -> (project, "").
+
+    Raises:
+        InvalidInput: not a string, or not a valid project name.
+    """
+    if not isinstance(ref, str):
+        # str(None) would pass as a (wrong) project name; say what was wrong instead.
+        raise InvalidInput(f"checkpoint reference must be a string, got {type(ref).__name__}")
+    project, _, checkpoint_id = ref.partition("/")
+    return check_project(project), checkpoint_id
 
 
 def load_manifest(store: Store, ref: str) -> Manifest:
@@ -204,16 +213,9 @@ def restore_project(
     }
 
 
-@contextlib.contextmanager
-def _spool_errors(spool: Path) -> Iterator[None]:
-    """Local disk trouble (full, read-only) becomes a typed error naming the folder."""
-    try:
-        yield
-    except OSError as exc:
-        raise SpoolUnavailable(
-            f"spool folder {spool.parent} cannot be written ({exc.strerror or exc}); "
-            "nothing was restored"
-        ) from exc
+def _spool_errors(spool: Path) -> contextlib.AbstractContextManager[None]:
+    """Local disk trouble under this restore's spool folder: a typed error naming it."""
+    return spool_errors(spool.parent, "nothing was restored")
 
 
 def _preflight(
@@ -261,17 +263,22 @@ def _preflight(
 
 
 def _node_info(lp: Libpod, node: str) -> NodeInfo:
-    """This node's CPU flags and kernel, asked of Podman at most every ``_PROBE_TTL_S``.
+    """This node's CPU flags and kernel (Podman's ``/info``, remembered).
 
-    Podman's ``/info`` spawns the runtimes to report their versions: 0.2-0.5 s, on the
-    critical path of a small restore. CPU flags and kernel do not change while a node is up.
+    ``/info`` spawns the runtimes to report their versions: 0.2-0.5 s, on the critical path
+    of a small restore.
     """
-    cached = _infos.get(node)
-    if cached is not None and time.monotonic() - cached[0] < _PROBE_TTL_S:
-        return cached[1]
-    info = lp.info()
-    _infos[node] = (time.monotonic(), info)
-    return info
+    return _remember(("info", node), lp.info)
+
+
+def _remember(key: tuple[str, ...], compute: Callable[[], _T]) -> _T:
+    """``compute()``, or its value from less than ``_REMEMBER_S`` ago in this process."""
+    hit = _remembered.get(key)
+    if hit is not None and time.monotonic() - hit[0] < _REMEMBER_S:
+        return cast(_T, hit[1])
+    value = compute()  # raises: nothing is remembered
+    _remembered[key] = (time.monotonic(), value)
+    return value
 
 
 def _download_services(
@@ -303,12 +310,7 @@ def _download_services(
 
 def _probe(lp: Libpod, node: str, image_id: str) -> None:
     """Probe that checkpoints work on this node, unless that succeeded recently here."""
-    key = (node, image_id)
-    last = _probed.get(key)
-    if last is not None and time.monotonic() - last < _PROBE_TTL_S:
-        return
-    lp.require_checkpoint(image_id)
-    _probed[key] = time.monotonic()
+    _remember(("probe", node, image_id), lambda: lp.require_checkpoint(image_id))
 
 
 def _download(store: Store, arch: ArchiveRecord, dest: Path, undo: _Undo) -> Path:
