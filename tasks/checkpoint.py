@@ -47,7 +47,7 @@ from .libpod_types import CheckpointOptions, NetworkDef, RestoreOptions
 from .manifest import ArchiveRecord, ImageRecord, Manifest, ServiceRecord, SourceInfo
 from .names import check_name, check_node, check_project
 from .options import CheckpointJobOptions
-from .spool import private_dir
+from .spool import private_dir, spool_errors
 from .store import PutResult, Store
 
 __all__ = [
@@ -503,16 +503,11 @@ def _open_spool(spool: Path) -> int:
     Raises:
         SpoolUnavailable: the folder cannot be written; nothing was dumped yet.
     """
-    try:
+    with spool_errors(spool.parent, "nothing was dumped"):
         private_dir(spool.parent.parent)  # the spool root too: names say what is moved
         private_dir(spool.parent)
         part = spool.with_name(spool.name + ".part")
         return os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise SpoolUnavailable(
-            f"spool folder {spool.parent} cannot be written ({exc.strerror or exc}); "
-            "nothing was dumped"
-        ) from exc
 
 
 def _put_teed(

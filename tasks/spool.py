@@ -7,16 +7,18 @@ with ``O_EXCL`` so an attacker cannot pre-plant a file or symlink under the chos
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import InvalidInput
+from .errors import InvalidInput, SpoolUnavailable
 
-__all__ = ["SpoolFile", "private_dir", "spool_file"]
+__all__ = ["SpoolFile", "private_dir", "spool_errors", "spool_file"]
 
 
 @dataclass(frozen=True)
@@ -63,3 +65,19 @@ def spool_file(directory: Path, *, prefix: str = "podchord-", suffix: str = "") 
     # mkstemp creates with O_CREAT|O_EXCL and mode 0600 regardless of umask.
     fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
     return SpoolFile(path=Path(name), file=os.fdopen(fd, "w+b"))
+
+
+@contextlib.contextmanager
+def spool_errors(folder: Path, outcome: str) -> Iterator[None]:
+    """Local disk trouble (full, read-only) inside becomes :class:`SpoolUnavailable`.
+
+    Args:
+        folder: the spool folder the message names.
+        outcome: what the caller can promise, e.g. "nothing was restored".
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise SpoolUnavailable(
+            f"spool folder {folder} cannot be written ({exc.strerror or exc}); {outcome}"
+        ) from exc
