@@ -247,46 +247,47 @@ class PodmanCutProxy:
             threading.Thread(target=self._pump_down, args=(conn,), daemon=True).start()
 
     def _pump_up(self, conn: _Conn) -> None:
-        while True:
-            try:
-                data = conn.client.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                self._close(conn)
-                return
-            if b"/containers/import/restore" in data:
-                with self._lock:
-                    self.restore_requests += 1
-                    conn.restore_requests = self.restore_requests
-                n = self.cut_on_restore_request
-                if n is not None and conn.restore_requests == n and self.cuts == 0:
-                    # Podman gets the request line and a first piece of the upload.
-                    with contextlib.suppress(OSError):
-                        conn.upstream.sendall(data)
-                    self.cut()
-                    return
-            try:
+        def on_request(data: bytes) -> bool:
+            if b"/containers/import/restore" not in data:
+                return False
+            with self._lock:
+                self.restore_requests += 1
+                conn.restore_requests = self.restore_requests
+            n = self.cut_on_restore_request
+            if n is None or conn.restore_requests != n or self.cuts != 0:
+                return False
+            # Podman gets the request line and a first piece of the upload.
+            with contextlib.suppress(OSError):
                 conn.upstream.sendall(data)
-            except OSError:
-                self._close(conn)
-                return
+            return True
+
+        self._pump(conn, conn.client, conn.upstream, on_request)
 
     def _pump_down(self, conn: _Conn) -> None:
+        def on_response(data: bytes) -> bool:
+            n = self.cut_on_restore_response
+            return n is not None and conn.restore_requests == n and self.cuts == 0
+
+        self._pump(conn, conn.upstream, conn.client, on_response)
+
+    def _pump(
+        self, conn: _Conn, src: socket.socket, dst: socket.socket,
+        cut_here: Callable[[bytes], bool],
+    ) -> None:
+        """Copy ``src`` to ``dst`` until either closes, or cut everything when ``cut_here``."""
         while True:
             try:
-                data = conn.upstream.recv(65536)
+                data = src.recv(65536)
             except OSError:
                 data = b""
             if not data:
                 self._close(conn)
                 return
-            n = self.cut_on_restore_response
-            if n is not None and conn.restore_requests == n and self.cuts == 0:
+            if cut_here(data):
                 self.cut()
                 return
             try:
-                conn.client.sendall(data)
+                dst.sendall(data)
             except OSError:
                 self._close(conn)
                 return
